@@ -1,0 +1,135 @@
+//! Configuration: built-in defaults, then an optional TOML file (`--config`), then environment
+//! variables, then command-line flags. Environment variables are named `IMAGE_MANAGER_`
+//! followed by the section and key in upper case joined by a double underscore, e.g.
+//! `IMAGE_MANAGER_REGISTRY__DELETE_ENABLED=false` sets `[registry] delete_enabled`.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub registry: RegistryConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:5000".into(),
+            data_dir: PathBuf::from("./data"),
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Metadata database URL; empty means `sqlite://<data_dir>/metadata.db`.
+    pub database: String,
+    /// Blob store URL; empty means `file://<data_dir>`.
+    pub blobs: String,
+    /// fsync blobs and database commits before acknowledging a write.
+    pub fsync: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            database: String::new(),
+            blobs: String::new(),
+            fsync: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    pub delete_enabled: bool,
+    pub upload_expiry_secs: u64,
+    pub upload_sweep_interval_secs: u64,
+    pub max_manifest_bytes: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            delete_enabled: true,
+            upload_expiry_secs: 24 * 3600,
+            upload_sweep_interval_secs: 15 * 60,
+            max_manifest_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `image_manager=debug,tower_http=info`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "human".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+const SECTIONS: [&str; 4] = ["server__", "storage__", "registry__", "log__"];
+
+impl Config {
+    /// Defaults, then `file` (if given), then `IMAGE_MANAGER_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            fig = fig.merge(Toml::file_exact(file));
+        }
+        let env = Env::prefixed("IMAGE_MANAGER_")
+            .filter(|k| {
+                SECTIONS
+                    .iter()
+                    .any(|s| k.as_str().to_ascii_lowercase().starts_with(s))
+            })
+            .split("__");
+        fig.merge(env).extract().map_err(Box::new)
+    }
+
+    pub fn database_url(&self) -> String {
+        if self.storage.database.is_empty() {
+            format!(
+                "sqlite://{}",
+                self.server.data_dir.join("metadata.db").display()
+            )
+        } else {
+            self.storage.database.clone()
+        }
+    }
+
+    pub fn blobs_url(&self) -> String {
+        if self.storage.blobs.is_empty() {
+            format!("file://{}", self.server.data_dir.display())
+        } else {
+            self.storage.blobs.clone()
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The registry core: what a repository holds and the rules for changing it. HTTP surfaces call
+//! these methods; these methods reach storage only through [`BlobStore`] and [`MetadataStore`].
+
+pub mod manifest;
+pub mod names;
+pub mod uploads;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::config::RegistryConfig;
+use crate::error::{Error, Result};
+use crate::storage::meta::{NewManifest, PutOutcome};
+use crate::storage::{BlobStore, MetadataStore};
+pub use manifest::ParsedManifest;
+use names::{Digest, Reference, RepoName};
+
+/// Largest page the listing endpoints return.
+pub const MAX_PAGE: u32 = 10_000;
+
+pub struct Registry {
+    pub blobs: Arc<dyn BlobStore>,
+    pub meta: Arc<dyn MetadataStore>,
+    pub config: RegistryConfig,
+    /// Running sha256 of upload sessions this process served last, keyed by id, with the
+    /// offset it covers. Missing or stale entries are rebuilt from the stored bytes.
+    hashers: Mutex<HashMap<String, (u64, Sha256)>>,
+}
+
+/// A manifest as served.
+pub struct Manifest {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub content: Vec<u8>,
+}
+
+/// Result of a manifest push.
+pub struct Pushed {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+    pub tags: Vec<String>,
+}
+
+/// One page of a listing and whether more follow.
+pub struct Page {
+    pub items: Vec<String>,
+    pub more: bool,
+}
+
+impl Registry {
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        meta: Arc<dyn MetadataStore>,
+        config: RegistryConfig,
+    ) -> Self {
+        Self {
+            blobs,
+            meta,
+            config,
+            hashers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn ensure_deletes(&self) -> Result<()> {
+        if self.config.delete_enabled {
+            Ok(())
+        } else {
+            Err(Error::MethodNotAllowed(
+                "deletes are disabled on this registry".into(),
+            ))
+        }
+    }
+
+    /// Store a manifest under `reference` (a tag or its own digest), plus any extra `tags`.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: &str,
+        body: Vec<u8>,
+        extra_tags: &[String],
+    ) -> Result<Pushed> {
+        let parsed = manifest::parse(&body, content_type)?;
+        let digest = Digest::sha256(&body);
+        let mut tags: Vec<String> = Vec::new();
+        match reference {
+            Reference::Digest(d) if d != &digest => {
+                return Err(Error::DigestInvalid(format!(
+                    "manifest digest is {digest}, not {d}"
+                )))
+            }
+            Reference::Digest(_) => {}
+            Reference::Tag(t) => tags.push(t.clone()),
+        }
+        for t in extra_tags {
+            tags.push(names::parse_tag(t)?.to_string());
+        }
+        tags.dedup();
+        let record = NewManifest {
+            digest: digest.to_string(),
+            media_type: parsed.media_type.clone(),
+            content: body,
+            artifact_type: parsed.artifact_type.clone(),
+            subject: parsed.subject.as_ref().map(ToString::to_string),
+            annotations: parsed.annotations.clone(),
+            blobs: parsed.blobs.iter().map(ToString::to_string).collect(),
+            manifests: parsed.manifests.iter().map(ToString::to_string).collect(),
+        };
+        match self
+            .meta
+            .manifest_put(repo.as_str(), &record, &tags)
+            .await?
+        {
+            PutOutcome::Stored => Ok(Pushed {
+                digest,
+                subject: parsed.subject,
+                tags,
+            }),
+            PutOutcome::MissingBlobs(list) => Err(Error::ManifestBlobUnknown(list.join(", "))),
+            PutOutcome::MissingManifests(list) => Err(Error::ManifestBlobUnknown(format!(
+                "manifests not in repository: {}",
+                list.join(", ")
+            ))),
+        }
+    }
+
+    /// Fetch a manifest by tag or digest; `content` false fetches only its description (HEAD).
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content: bool,
+    ) -> Result<Manifest> {
+        let found = match reference {
+            Reference::Tag(t) => self.meta.manifest_by_tag(repo.as_str(), t, content).await?,
+            Reference::Digest(d) => {
+                self.meta
+                    .manifest_by_digest(repo.as_str(), d.as_str(), content)
+                    .await?
+            }
+        };
+        let m = found.ok_or(Error::ManifestUnknown)?;
+        Ok(Manifest {
+            digest: m.digest,
+            media_type: m.media_type,
+            size: m.size,
+            content: m.content,
+        })
+    }
+
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        self.ensure_deletes()?;
+        let gone = match reference {
+            Reference::Tag(t) => self.meta.tag_delete(repo.as_str(), t).await?,
+            Reference::Digest(d) => self.meta.manifest_delete(repo.as_str(), d.as_str()).await?,
+        };
+        if gone {
+            Ok(())
+        } else {
+            Err(Error::ManifestUnknown)
+        }
+    }
+
+    pub async fn tags(&self, repo: &RepoName, n: Option<u32>, last: Option<&str>) -> Result<Page> {
+        let limit = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+        if limit == 0 {
+            return match self.meta.tags(repo.as_str(), 1, None).await? {
+                Some(_) => Ok(Page {
+                    items: Vec::new(),
+                    more: false,
+                }),
+                None => Err(Error::NameUnknown),
+            };
+        }
+        let mut items = self
+            .meta
+            .tags(repo.as_str(), limit + 1, last)
+            .await?
+            .ok_or(Error::NameUnknown)?;
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        Ok(Page { items, more })
+    }
+
+    pub async fn catalog(&self, n: Option<u32>, last: Option<&str>) -> Result<Page> {
+        let limit = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+        if limit == 0 {
+            return Ok(Page {
+                items: Vec::new(),
+                more: false,
+            });
+        }
+        let mut items = self.meta.repositories(limit + 1, last).await?;
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        Ok(Page { items, more })
+    }
+
+    /// The referrers of `subject` in `repo` as an OCI image index.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Value> {
+        let list = self
+            .meta
+            .referrers(repo.as_str(), subject.as_str(), artifact_type)
+            .await?;
+        let manifests: Vec<Value> = list
+            .into_iter()
+            .map(|r| {
+                let mut d =
+                    json!({ "mediaType": r.media_type, "digest": r.digest, "size": r.size });
+                if let Some(at) = r.artifact_type {
+                    d["artifactType"] = Value::String(at);
+                }
+                if let Some(a) = r
+                    .annotations
+                    .and_then(|a| serde_json::from_str::<Value>(&a).ok())
+                {
+                    d["annotations"] = a;
+                }
+                d
+            })
+            .collect();
+        Ok(json!({ "schemaVersion": 2, "mediaType": manifest::OCI_INDEX, "manifests": manifests }))
+    }
+}

@@ -1,0 +1,310 @@
+//! Blobs and upload sessions: streaming writes that are hashed on the way in, verified against
+//! the claimed digest, made durable by the blob store, and only then recorded in metadata.
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sha2::{Digest as _, Sha256};
+
+use super::names::{Digest, RepoName};
+use super::Registry;
+use crate::error::{Error, Result};
+use crate::storage::{ByteRange, ByteStream};
+
+/// A blob as served: its size and the bytes (all of them or the requested range).
+pub struct BlobBody {
+    pub size: u64,
+    pub range: Option<ByteRange>,
+    pub stream: ByteStream,
+}
+
+/// Where an upload session stands.
+pub struct UploadState {
+    pub id: String,
+    pub offset: u64,
+}
+
+/// Outcome of a mount request.
+pub enum Mount {
+    Mounted,
+    Upload(UploadState),
+}
+
+impl Registry {
+    /// Size of a blob readable in `repo`.
+    pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        self.meta
+            .repo_blob_size(repo.as_str(), digest.as_str())
+            .await?
+            .ok_or(Error::BlobUnknown)
+    }
+
+    /// Open a blob readable in `repo`; `range` is an unchecked `(start, end)` request.
+    pub async fn get_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<BlobBody> {
+        let size = self.stat_blob(repo, digest).await?;
+        let range = match range {
+            None => None,
+            Some((start, _)) if start >= size => return Err(Error::RangeNotSatisfiable { size }),
+            Some((start, end)) => Some(ByteRange {
+                start,
+                end: end.unwrap_or(u64::MAX).min(size - 1),
+            }),
+        };
+        let stream = self.blobs.get(digest, range).await.map_err(|e| {
+            tracing::error!(%digest, error = %e, "blob recorded in metadata but not readable");
+            Error::from(e)
+        })?;
+        Ok(BlobBody {
+            size,
+            range,
+            stream,
+        })
+    }
+
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.ensure_deletes()?;
+        if self
+            .meta
+            .unlink_blob(repo.as_str(), digest.as_str())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::BlobUnknown)
+        }
+    }
+
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadState> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.blobs.upload_create(&id).await?;
+        self.meta.upload_create(&id, repo.as_str()).await?;
+        Ok(UploadState { id, offset: 0 })
+    }
+
+    /// Mount `digest` from repository `from` into `repo`, or open an upload when that is not possible.
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<Mount> {
+        if let Some(from) = from {
+            if let Some(size) = self
+                .meta
+                .repo_blob_size(from.as_str(), digest.as_str())
+                .await?
+            {
+                if self.blobs.stat(digest).await?.is_some() {
+                    self.meta
+                        .link_blob(repo.as_str(), digest.as_str(), size)
+                        .await?;
+                    return Ok(Mount::Mounted);
+                }
+            }
+        }
+        Ok(Mount::Upload(self.start_upload(repo).await?))
+    }
+
+    async fn session(&self, repo: &RepoName, id: &str) -> Result<u64> {
+        let rec = self
+            .meta
+            .upload_get(id)
+            .await?
+            .ok_or(Error::BlobUploadUnknown)?;
+        if rec.repo != repo.as_str() {
+            return Err(Error::BlobUploadUnknown);
+        }
+        Ok(rec.size)
+    }
+
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
+        let offset = self.session(repo, id).await?;
+        Ok(UploadState {
+            id: id.to_string(),
+            offset,
+        })
+    }
+
+    /// Hash state of upload `id` covering its first `offset` bytes.
+    async fn hasher_at(&self, id: &str, offset: u64) -> Result<Sha256> {
+        let cached = self.hashers.lock().ok().and_then(|mut m| m.remove(id));
+        if let Some((at, h)) = cached {
+            if at == offset {
+                return Ok(h);
+            }
+        }
+        let mut h = Sha256::new();
+        if offset > 0 {
+            let mut data = self.blobs.upload_read(id, offset).await?;
+            while let Some(chunk) = data.next().await {
+                h.update(chunk.map_err(crate::storage::StoreError::from)?);
+            }
+        }
+        Ok(h)
+    }
+
+    fn keep_hasher(&self, id: &str, offset: u64, h: Sha256) {
+        if let Ok(mut m) = self.hashers.lock() {
+            m.insert(id.to_string(), (offset, h));
+        }
+    }
+
+    /// Append `body` to upload `id`. `start` is where the client says the chunk begins
+    /// (Content-Range), `len` how long it says it is.
+    pub async fn append_upload<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        start: Option<u64>,
+        len: Option<u64>,
+        body: S,
+    ) -> Result<UploadState>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let offset = self.session(repo, id).await?;
+        if start.is_some_and(|s| s != offset) {
+            return Err(Error::UploadOutOfOrder { offset });
+        }
+        let mut hasher = self.hasher_at(id, offset).await?;
+        let written = self.write_body(id, offset, &mut hasher, body).await?;
+        if len.is_some_and(|l| l != written) {
+            return Err(Error::SizeInvalid(format!(
+                "chunk was {written} bytes, not the {} announced",
+                len.unwrap_or(0)
+            )));
+        }
+        let new = offset + written;
+        self.meta.upload_set_size(id, new).await?;
+        self.keep_hasher(id, new, hasher);
+        Ok(UploadState {
+            id: id.to_string(),
+            offset: new,
+        })
+    }
+
+    /// Stream `body` into upload data at `offset`, hashing it; returns the bytes written.
+    async fn write_body<S, E>(
+        &self,
+        id: &str,
+        offset: u64,
+        hasher: &mut Sha256,
+        mut body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut writer = self.blobs.upload_writer(id, offset).await?;
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| Error::Body(format!("reading request body: {e}")))?;
+            if chunk.is_empty() {
+                continue;
+            }
+            hasher.update(&chunk);
+            written += chunk.len() as u64;
+            writer.write(chunk).await?;
+        }
+        writer.finish().await?;
+        Ok(written)
+    }
+
+    /// Close upload `id` with its last chunk (possibly empty) and check it against `digest`.
+    pub async fn finish_upload<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        body: Option<S>,
+    ) -> Result<()>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut offset = self.session(repo, id).await?;
+        let mut hasher = self.hasher_at(id, offset).await?;
+        if let Some(body) = body {
+            offset += self.write_body(id, offset, &mut hasher, body).await?;
+        }
+        let actual = Digest::sha256_of_hex(&hex::encode(hasher.finalize()));
+        if &actual != digest {
+            self.cancel_upload_data(id).await?;
+            return Err(Error::DigestInvalid(format!(
+                "content has digest {actual}, not {digest}"
+            )));
+        }
+        self.blobs.upload_commit(id, digest).await?;
+        self.meta
+            .upload_complete(id, repo.as_str(), digest.as_str(), offset)
+            .await?;
+        Ok(())
+    }
+
+    /// Push a whole blob in one request (`POST ?digest=`).
+    pub async fn put_blob<S, E>(&self, repo: &RepoName, digest: &Digest, body: S) -> Result<()>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.blobs.upload_create(&id).await?;
+        let mut hasher = Sha256::new();
+        let result = async {
+            let size = self.write_body(&id, 0, &mut hasher, body).await?;
+            let actual = Digest::sha256_of_hex(&hex::encode(hasher.finalize()));
+            if &actual != digest {
+                return Err(Error::DigestInvalid(format!(
+                    "content has digest {actual}, not {digest}"
+                )));
+            }
+            self.blobs.upload_commit(&id, digest).await?;
+            Ok(size)
+        }
+        .await;
+        match result {
+            Ok(size) => {
+                self.meta
+                    .link_blob(repo.as_str(), digest.as_str(), size)
+                    .await?;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(abort) = self.blobs.upload_abort(&id).await {
+                    tracing::warn!(error = %abort, "could not remove failed upload data");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        self.session(repo, id).await?;
+        self.cancel_upload_data(id).await
+    }
+
+    async fn cancel_upload_data(&self, id: &str) -> Result<()> {
+        if let Ok(mut m) = self.hashers.lock() {
+            m.remove(id);
+        }
+        self.meta.upload_delete(id).await?;
+        self.blobs.upload_abort(id).await?;
+        Ok(())
+    }
+
+    /// Remove upload sessions idle for longer than the configured expiry; returns how many.
+    pub async fn expire_uploads(&self) -> Result<usize> {
+        let cutoff =
+            crate::storage::now_ms() - (self.config.upload_expiry_secs as i64).saturating_mul(1000);
+        let ids = self.meta.uploads_idle_since(cutoff).await?;
+        for id in &ids {
+            self.cancel_upload_data(id).await?;
+        }
+        Ok(ids.len())
+    }
+}

@@ -1,0 +1,120 @@
+//! Every error the service can produce, and the one place where errors become HTTP responses.
+//!
+//! Core and storage code return [`Error`]; the `/v2` surface renders it in the OCI distribution
+//! error format (`{"errors":[{"code","message","detail"}]}`). Internal failures are logged with
+//! their cause and answered without leaking it.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("blob unknown to registry")]
+    BlobUnknown,
+    #[error("blob upload invalid: {0}")]
+    BlobUploadInvalid(String),
+    #[error("blob upload unknown to registry")]
+    BlobUploadUnknown,
+    #[error("provided digest did not match uploaded content: {0}")]
+    DigestInvalid(String),
+    #[error("manifest references a manifest or blob unknown to the repository: {0}")]
+    ManifestBlobUnknown(String),
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest unknown to registry")]
+    ManifestUnknown,
+    #[error("invalid repository name: {0}")]
+    NameInvalid(String),
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    #[error("provided length did not match content length: {0}")]
+    SizeInvalid(String),
+    #[error("invalid tag or reference: {0}")]
+    TagInvalid(String),
+    #[error("the operation is unsupported: {0}")]
+    Unsupported(String),
+    #[error("the operation is not allowed: {0}")]
+    MethodNotAllowed(String),
+    #[error("requested range not satisfiable")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("upload chunk out of order: expected offset {offset}")]
+    UploadOutOfOrder { offset: u64 },
+    #[error("payload too large: {0}")]
+    TooLarge(String),
+    #[error("requested access to the resource is denied")]
+    Denied,
+    #[error("unknown endpoint")]
+    NotFound,
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StoreError),
+    #[error("request body: {0}")]
+    Body(String),
+}
+
+impl Error {
+    /// The HTTP status and OCI error code this error is answered with.
+    fn status_code(&self) -> (StatusCode, &'static str) {
+        use Error::*;
+        match self {
+            BlobUnknown => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+            BlobUploadInvalid(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+            BlobUploadUnknown => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
+            DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+            ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
+            ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+            ManifestUnknown => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
+            NameUnknown => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+            SizeInvalid(_) => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),
+            TagInvalid(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
+            Unsupported(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+            MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
+            UploadOutOfOrder { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+            TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
+            Denied => (StatusCode::FORBIDDEN, "DENIED"),
+            NotFound => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
+            Body(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+            Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Error::Storage(_) => "internal storage error".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::debug!(error = %self, code, "request rejected");
+        }
+        let body =
+            json!({ "errors": [{ "code": code, "message": self.message(), "detail": null }] });
+        let mut resp = (status, axum::Json(body)).into_response();
+        match self {
+            Error::RangeNotSatisfiable { size } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+            }
+            Error::UploadOutOfOrder { offset } => {
+                let end = offset.saturating_sub(1);
+                if let Ok(v) = HeaderValue::from_str(&format!("0-{end}")) {
+                    resp.headers_mut().insert(header::RANGE, v);
+                }
+            }
+            _ => {}
+        }
+        resp
+    }
+}

@@ -1,0 +1,58 @@
+//! HTTP surfaces: the `/v2` registry API ([`registry`]) and the health endpoints. Later
+//! surfaces (catalog API, portal) are nested here beside them.
+
+pub mod registry;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::core::Registry;
+
+pub type AppState = Arc<Registry>;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v2", any(registry::dispatch))
+        .route("/v2/", any(registry::dispatch))
+        .route("/v2/{*path}", any(registry::dispatch))
+        .with_state(state)
+        .layer(CatchPanicLayer::custom(|_| {
+            crate::error::Error::Storage(crate::storage::StoreError::Other(
+                "handler panicked".into(),
+            ))
+            .into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(reg): State<AppState>) -> impl IntoResponse {
+    let meta = reg.meta.check().await;
+    let blobs = reg.blobs.check().await;
+    let status = if meta.is_ok() && blobs.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let show = |r: Result<(), crate::storage::StoreError>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    (
+        status,
+        Json(json!({ "metadata": show(meta), "blobs": show(blobs) })),
+    )
+}

@@ -1,0 +1,486 @@
+//! The `/v2` registry API (OCI Distribution Spec v1.1): routing of the path, parsing of headers
+//! and query parameters, and shaping of responses. All decisions are in [`crate::core`].
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+
+use super::AppState;
+use crate::core::names::{Digest, Reference, RepoName};
+use crate::core::uploads::{Mount, UploadState};
+use crate::core::{Page, Registry};
+use crate::error::{Error, Result};
+
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
+const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+/// A `/v2` endpoint, decoded from the raw (never percent-decoded) request path.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Base,
+    Catalog,
+    Tags(&'a str),
+    Manifest(&'a str, &'a str),
+    Blob(&'a str, &'a str),
+    UploadStart(&'a str),
+    Upload(&'a str, &'a str),
+    Referrers(&'a str, &'a str),
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    let rest = path.strip_prefix("/v2")?;
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Some(Route::Base);
+    }
+    if rest == "_catalog" {
+        return Some(Route::Catalog);
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Some(Route::Tags(name));
+    }
+    if let Some(name) = rest
+        .strip_suffix("/blobs/uploads/")
+        .or_else(|| rest.strip_suffix("/blobs/uploads"))
+    {
+        return Some(Route::UploadStart(name));
+    }
+    let (head, last) = rest.rsplit_once('/')?;
+    if let Some(name) = head.strip_suffix("/blobs/uploads") {
+        return Some(Route::Upload(name, last));
+    }
+    let (name, kind) = head.rsplit_once('/')?;
+    match kind {
+        "manifests" => Some(Route::Manifest(name, last)),
+        "blobs" => Some(Route::Blob(name, last)),
+        "referrers" => Some(Route::Referrers(name, last)),
+        _ => None,
+    }
+}
+
+/// Query parameters in order, percent-decoded.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(uri: &Uri) -> Self {
+        let pairs = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+        Query(pairs)
+    }
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+    fn all(&self, key: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+    fn page_size(&self) -> Result<Option<u32>> {
+        match self.get("n") {
+            None | Some("") => Ok(None),
+            Some(n) => n
+                .parse::<u32>()
+                .map(Some)
+                .map_err(|_| Error::Unsupported(format!("invalid page size n={n:?}"))),
+        }
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: impl header::AsHeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok())
+}
+
+/// Response builder that never fails: header values we build are always valid.
+struct Reply(Response);
+
+impl Reply {
+    fn new(status: StatusCode) -> Self {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = status;
+        Reply(r)
+    }
+    fn header(mut self, name: impl Into<HeaderName>, value: impl AsRef<str>) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
+            self.0.headers_mut().insert(name.into(), v);
+        }
+        self
+    }
+    fn body(mut self, body: Body) -> Response {
+        *self.0.body_mut() = body;
+        self.0
+    }
+    fn done(self) -> Response {
+        self.0
+    }
+}
+
+pub async fn dispatch(
+    State(reg): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = handle(&reg, &method, &uri, &headers, body).await;
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    resp.headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    resp
+}
+
+async fn handle(
+    reg: &Registry,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let Some(route) = route(uri.path()) else {
+        return Err(Error::NotFound);
+    };
+    let q = Query::parse(uri);
+    let head = method == Method::HEAD;
+    match (route, method.clone()) {
+        (Route::Base, Method::GET | Method::HEAD) => Ok(Reply::new(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))),
+        (Route::Catalog, Method::GET) => {
+            let page = reg.catalog(q.page_size()?, q.get("last")).await?;
+            Ok(listing(
+                page,
+                "/v2/_catalog",
+                |items| serde_json::json!({ "repositories": items }),
+            ))
+        }
+        (Route::Tags(name), Method::GET) => {
+            let repo = RepoName::parse(name)?;
+            let page = reg.tags(&repo, q.page_size()?, q.get("last")).await?;
+            let path = format!("/v2/{repo}/tags/list");
+            Ok(listing(
+                page,
+                &path,
+                |items| serde_json::json!({ "name": repo.as_str(), "tags": items }),
+            ))
+        }
+        (Route::Manifest(name, reference), Method::GET | Method::HEAD) => {
+            let repo = RepoName::parse(name)?;
+            let reference = Reference::parse(reference)?;
+            let m = reg.get_manifest(&repo, &reference, !head).await?;
+            let reply = Reply::new(StatusCode::OK)
+                .header(header::CONTENT_TYPE, &m.media_type)
+                .header(CONTENT_DIGEST, &m.digest)
+                .header(header::CONTENT_LENGTH, m.size.to_string());
+            Ok(if head {
+                reply.done()
+            } else {
+                reply.body(Body::from(m.content))
+            })
+        }
+        (Route::Manifest(name, reference), Method::PUT) => {
+            let repo = RepoName::parse(name)?;
+            let reference = Reference::parse(reference)?;
+            let limit = reg.config.max_manifest_bytes;
+            if content_length(headers).is_some_and(|l| l > limit as u64) {
+                return Err(Error::TooLarge(format!(
+                    "manifests are limited to {limit} bytes"
+                )));
+            }
+            let bytes = http_body_util::Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        Error::TooLarge(format!("manifests are limited to {limit} bytes"))
+                    } else {
+                        Error::Body(format!("reading manifest: {e}"))
+                    }
+                })?
+                .to_bytes();
+            let content_type = header_str(headers, header::CONTENT_TYPE)
+                .map(|c| c.split(';').next().unwrap_or("").trim())
+                .unwrap_or("");
+            let pushed = reg
+                .put_manifest(
+                    &repo,
+                    &reference,
+                    content_type,
+                    bytes.to_vec(),
+                    &q.all("tag"),
+                )
+                .await?;
+            let mut reply = Reply::new(StatusCode::CREATED)
+                .header(
+                    header::LOCATION,
+                    format!("/v2/{repo}/manifests/{}", pushed.digest),
+                )
+                .header(CONTENT_DIGEST, pushed.digest.as_str());
+            if let Some(subject) = &pushed.subject {
+                reply = reply.header(OCI_SUBJECT, subject.as_str());
+            }
+            if !q.all("tag").is_empty() {
+                reply = reply.header(OCI_TAG, pushed.tags.join(","));
+            }
+            Ok(reply.done())
+        }
+        (Route::Manifest(name, reference), Method::DELETE) => {
+            let repo = RepoName::parse(name)?;
+            let reference = Reference::parse(reference)?;
+            reg.delete_manifest(&repo, &reference).await?;
+            Ok(Reply::new(StatusCode::ACCEPTED).done())
+        }
+        (Route::Blob(name, digest), Method::GET | Method::HEAD) => {
+            let repo = RepoName::parse(name)?;
+            let digest = Digest::parse(digest)?;
+            if head {
+                let size = reg.stat_blob(&repo, &digest).await?;
+                return Ok(blob_headers(StatusCode::OK, &digest, size).done());
+            }
+            let range = header_str(headers, header::RANGE).and_then(parse_range);
+            let blob = reg.get_blob(&repo, &digest, range).await?;
+            let reply = match blob.range {
+                Some(r) => blob_headers(StatusCode::PARTIAL_CONTENT, &digest, r.len()).header(
+                    header::CONTENT_RANGE,
+                    format!("bytes {}-{}/{}", r.start, r.end, blob.size),
+                ),
+                None => blob_headers(StatusCode::OK, &digest, blob.size),
+            };
+            Ok(reply.body(Body::from_stream(blob.stream)))
+        }
+        (Route::Blob(name, digest), Method::DELETE) => {
+            let repo = RepoName::parse(name)?;
+            let digest = Digest::parse(digest)?;
+            reg.delete_blob(&repo, &digest).await?;
+            Ok(Reply::new(StatusCode::ACCEPTED).done())
+        }
+        (Route::UploadStart(name), Method::POST) => {
+            let repo = RepoName::parse(name)?;
+            if let Some(mount) = q.get("mount") {
+                let digest = Digest::parse(mount)?;
+                let from = q.get("from").map(RepoName::parse).transpose()?;
+                return Ok(match reg.mount_blob(&repo, &digest, from.as_ref()).await? {
+                    Mount::Mounted => blob_created(&repo, &digest),
+                    Mount::Upload(state) => upload_reply(StatusCode::ACCEPTED, &repo, &state),
+                });
+            }
+            if let Some(digest) = q.get("digest") {
+                let digest = Digest::parse(digest)?;
+                reg.put_blob(&repo, &digest, body.into_data_stream())
+                    .await?;
+                return Ok(blob_created(&repo, &digest));
+            }
+            let state = reg.start_upload(&repo).await?;
+            Ok(upload_reply(StatusCode::ACCEPTED, &repo, &state))
+        }
+        (Route::Upload(name, id), method) => {
+            let repo = RepoName::parse(name)?;
+            let id = crate::core::names::parse_upload_id(id)?.to_string();
+            match method {
+                Method::GET | Method::HEAD => {
+                    let state = reg.upload_status(&repo, &id).await?;
+                    Ok(upload_reply(StatusCode::NO_CONTENT, &repo, &state))
+                }
+                Method::PATCH => {
+                    let (start, len) = match header_str(headers, header::CONTENT_RANGE) {
+                        Some(v) => {
+                            let (s, e) = parse_content_range(v)?;
+                            (Some(s), Some(e - s + 1))
+                        }
+                        None => (None, None),
+                    };
+                    if let (Some(l), Some(cl)) = (len, content_length(headers)) {
+                        if l != cl {
+                            return Err(Error::SizeInvalid(format!(
+                                "Content-Range covers {l} bytes but Content-Length is {cl}"
+                            )));
+                        }
+                    }
+                    let state = reg
+                        .append_upload(&repo, &id, start, len, body.into_data_stream())
+                        .await?;
+                    Ok(upload_reply(StatusCode::ACCEPTED, &repo, &state))
+                }
+                Method::PUT => {
+                    let digest = Digest::parse(q.get("digest").ok_or_else(|| {
+                        Error::DigestInvalid("the digest parameter is required".into())
+                    })?)?;
+                    let has_body = content_length(headers).is_none_or(|l| l > 0);
+                    let stream = has_body.then(|| body.into_data_stream());
+                    reg.finish_upload(&repo, &id, &digest, stream).await?;
+                    Ok(blob_created(&repo, &digest))
+                }
+                Method::DELETE => {
+                    reg.cancel_upload(&repo, &id).await?;
+                    Ok(Reply::new(StatusCode::NO_CONTENT).done())
+                }
+                _ => Err(Error::MethodNotAllowed(format!(
+                    "{method} on an upload session"
+                ))),
+            }
+        }
+        (Route::Referrers(name, digest), Method::GET) => {
+            let repo = RepoName::parse(name)?;
+            let digest = Digest::parse(digest)?;
+            let artifact_type = q.get("artifactType").filter(|a| !a.is_empty());
+            let index = reg.referrers(&repo, &digest, artifact_type).await?;
+            let mut reply = Reply::new(StatusCode::OK)
+                .header(header::CONTENT_TYPE, crate::core::manifest::OCI_INDEX);
+            if artifact_type.is_some() {
+                reply = reply.header(OCI_FILTERS_APPLIED, "artifactType");
+            }
+            Ok(reply.body(Body::from(index.to_string())))
+        }
+        (_, method) => Err(Error::MethodNotAllowed(format!(
+            "{method} is not supported on this endpoint"
+        ))),
+    }
+}
+
+fn blob_headers(status: StatusCode, digest: &Digest, len: u64) -> Reply {
+    Reply::new(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len.to_string())
+        .header(CONTENT_DIGEST, digest.as_str())
+        .header(header::ACCEPT_RANGES, "bytes")
+}
+
+fn blob_created(repo: &RepoName, digest: &Digest) -> Response {
+    Reply::new(StatusCode::CREATED)
+        .header(header::LOCATION, format!("/v2/{repo}/blobs/{digest}"))
+        .header(CONTENT_DIGEST, digest.as_str())
+        .header(header::CONTENT_LENGTH, "0")
+        .done()
+}
+
+fn upload_reply(status: StatusCode, repo: &RepoName, state: &UploadState) -> Response {
+    Reply::new(status)
+        .header(
+            header::LOCATION,
+            format!("/v2/{repo}/blobs/uploads/{}", state.id),
+        )
+        .header(
+            header::RANGE,
+            format!("0-{}", state.offset.saturating_sub(1)),
+        )
+        .header(UPLOAD_UUID, &state.id)
+        .header(header::CONTENT_LENGTH, "0")
+        .done()
+}
+
+fn listing(page: Page, path: &str, body: impl FnOnce(&[String]) -> serde_json::Value) -> Response {
+    let mut reply = Reply::new(StatusCode::OK).header(header::CONTENT_TYPE, "application/json");
+    if page.more {
+        if let Some(last) = page.items.last() {
+            let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
+            let n = page.items.len();
+            reply = reply.header(
+                header::LINK,
+                format!("<{path}?last={last}&n={n}>; rel=\"next\""),
+            );
+        }
+    }
+    reply.body(Body::from(body(&page.items).to_string()))
+}
+
+/// `bytes=START-END` or `bytes=START-` or `bytes=-SUFFIX` (suffix is unsupported and ignored).
+/// Anything else, including several ranges, is ignored and the whole blob is served.
+fn parse_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let spec = v.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (start, end) = spec.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end = match end.trim() {
+        "" => None,
+        e => {
+            let e: u64 = e.parse().ok()?;
+            if e < start {
+                return None;
+            }
+            Some(e)
+        }
+    };
+    Some((start, end))
+}
+
+/// A PATCH `Content-Range`: `START-END`, with an optional `bytes ` prefix and `/total` suffix.
+fn parse_content_range(v: &str) -> Result<(u64, u64)> {
+    let bad = || Error::BlobUploadInvalid(format!("invalid Content-Range {v:?}"));
+    let spec = v.trim();
+    let spec = spec
+        .strip_prefix("bytes ")
+        .or_else(|| spec.strip_prefix("bytes="))
+        .unwrap_or(spec);
+    let spec = spec.split('/').next().unwrap_or(spec);
+    let (s, e) = spec.split_once('-').ok_or_else(bad)?;
+    let s: u64 = s.trim().parse().map_err(|_| bad())?;
+    let e: u64 = e.trim().parse().map_err(|_| bad())?;
+    if e < s {
+        return Err(bad());
+    }
+    Ok((s, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/v2/"), Some(Route::Base));
+        assert_eq!(route("/v2"), Some(Route::Base));
+        assert_eq!(route("/v2/_catalog"), Some(Route::Catalog));
+        assert_eq!(route("/v2/a/b/tags/list"), Some(Route::Tags("a/b")));
+        assert_eq!(
+            route("/v2/a/b/manifests/v1"),
+            Some(Route::Manifest("a/b", "v1"))
+        );
+        assert_eq!(
+            route("/v2/a/blobs/sha256:x"),
+            Some(Route::Blob("a", "sha256:x"))
+        );
+        assert_eq!(route("/v2/a/blobs/uploads/"), Some(Route::UploadStart("a")));
+        assert_eq!(
+            route("/v2/a/blobs/uploads/u1"),
+            Some(Route::Upload("a", "u1"))
+        );
+        assert_eq!(
+            route("/v2/a/referrers/sha256:x"),
+            Some(Route::Referrers("a", "sha256:x"))
+        );
+        assert_eq!(route("/v2/a/other/x"), None);
+        assert_eq!(route("/v3/a"), None);
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9"), Some((0, Some(9))));
+        assert_eq!(parse_range("bytes=5-"), Some((5, None)));
+        assert_eq!(parse_range("bytes=9-5"), None);
+        assert_eq!(parse_range("bytes=0-1,3-4"), None);
+        assert_eq!(parse_range("items=0-1"), None);
+        assert_eq!(parse_content_range("0-99").ok(), Some((0, 99)));
+        assert_eq!(
+            parse_content_range("bytes 100-199/*").ok(),
+            Some((100, 199))
+        );
+        assert!(parse_content_range("x-1").is_err());
+        assert!(parse_content_range("5-1").is_err());
+    }
+}

@@ -1,0 +1,10 @@
+//! Image Manager: an OCI-registry-compatible image repository and the ONAP image catalog.
+//!
+//! Layers: [`http`] (surfaces) → [`core`] (rules) → [`storage`] (blob store + metadata store).
+
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod http;
+pub mod server;
+pub mod storage;

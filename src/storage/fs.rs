@@ -1,0 +1,284 @@
+//! Filesystem blob store.
+//!
+//! Layout under the root: `blobs/<algorithm>/<first two hex>/<hex>` for committed blobs and
+//! `uploads/<uuid>` for upload data. Only digests' hex and UUIDs ever become path components.
+//! File I/O runs on blocking threads fed through small bounded channels, so a transfer holds at
+//! most a few chunks in memory whatever the blob size.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use super::blob::{BlobStore, BlobWriter, ByteRange, ByteStream};
+use super::StoreError;
+use crate::core::names::{Algorithm, Digest};
+
+const READ_CHUNK: usize = 256 * 1024;
+const WRITE_BUFFER: usize = 1024 * 1024;
+
+pub struct FsBlobStore {
+    root: PathBuf,
+    fsync: bool,
+}
+
+impl FsBlobStore {
+    pub fn open(root: impl Into<PathBuf>, fsync: bool) -> Result<Self, StoreError> {
+        let root = root.into();
+        fs::create_dir_all(root.join("uploads"))?;
+        fs::create_dir_all(root.join("blobs"))?;
+        Ok(Self { root, fsync })
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let algo = match digest.algorithm() {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+        };
+        let hex = digest.hex();
+        self.root.join("blobs").join(algo).join(&hex[..2]).join(hex)
+    }
+
+    fn upload_path(&self, id: &str) -> Result<PathBuf, StoreError> {
+        uuid::Uuid::parse_str(id)
+            .map_err(|_| StoreError::Other(format!("bad upload id {id:?}")))?;
+        Ok(self.root.join("uploads").join(id))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Other(format!("blocking task failed: {e}")))?
+        .map_err(StoreError::from)
+}
+
+fn not_found_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Stream `len` bytes of `file` from its current position, read on a blocking thread.
+fn stream_file(mut file: File, mut len: u64) -> ByteStream {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(1);
+    tokio::task::spawn_blocking(move || {
+        while len > 0 {
+            let want = len.min(READ_CHUNK as u64) as usize;
+            let mut buf = BytesMut::zeroed(want);
+            let res = file.read(&mut buf).and_then(|n| {
+                if n == 0 {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "blob shorter than expected",
+                    ))
+                } else {
+                    Ok(n)
+                }
+            });
+            let item = res.map(|n| {
+                buf.truncate(n);
+                len -= n as u64;
+                buf.freeze()
+            });
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    Box::pin(tokio_stream_from(rx))
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<io::Result<Bytes>>,
+) -> impl futures::Stream<Item = io::Result<Bytes>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let path = self.blob_path(digest);
+        blocking(move || not_found_is_none(fs::metadata(path)).map(|m| m.map(|m| m.len()))).await
+    }
+
+    async fn get(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream, StoreError> {
+        let path = self.blob_path(digest);
+        let (file, len) = blocking(move || {
+            let mut file = File::open(path)?;
+            let size = file.metadata()?.len();
+            let len = match range {
+                Some(r) => {
+                    file.seek(SeekFrom::Start(r.start))?;
+                    r.len()
+                }
+                None => size,
+            };
+            Ok((file, len))
+        })
+        .await?;
+        Ok(stream_file(file, len))
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
+        let path = self.blob_path(digest);
+        blocking(move || not_found_is_none(fs::remove_file(path)).map(|_| ())).await
+    }
+
+    async fn upload_create(&self, id: &str) -> Result<(), StoreError> {
+        let path = self.upload_path(id)?;
+        blocking(move || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn upload_size(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        let path = self.upload_path(id)?;
+        blocking(move || not_found_is_none(fs::metadata(path)).map(|m| m.map(|m| m.len()))).await
+    }
+
+    async fn upload_writer(
+        &self,
+        id: &str,
+        offset: u64,
+    ) -> Result<Box<dyn BlobWriter>, StoreError> {
+        let path = self.upload_path(id)?;
+        let file = blocking(move || {
+            let mut file = OpenOptions::new().write(true).open(path)?;
+            let len = file.metadata()?.len();
+            if len < offset {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "upload data shorter than its offset",
+                ));
+            }
+            if len > offset {
+                file.set_len(offset)?;
+            }
+            file.seek(SeekFrom::Start(offset))?;
+            Ok(file)
+        })
+        .await?;
+        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+        let (done_tx, done_rx) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+            let mut total = offset;
+            let res = (|| {
+                while let Some(chunk) = rx.blocking_recv() {
+                    out.write_all(&chunk)?;
+                    total += chunk.len() as u64;
+                }
+                out.flush()?;
+                Ok(total)
+            })();
+            let _ = done_tx.send(res);
+        });
+        Ok(Box::new(FsWriter {
+            tx: Some(tx),
+            done: done_rx,
+        }))
+    }
+
+    async fn upload_read(&self, id: &str, len: u64) -> Result<ByteStream, StoreError> {
+        let path = self.upload_path(id)?;
+        let file = blocking(move || File::open(path)).await?;
+        Ok(stream_file(file, len))
+    }
+
+    async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<(), StoreError> {
+        let src = self.upload_path(id)?;
+        let dst = self.blob_path(digest);
+        let fsync = self.fsync;
+        blocking(move || {
+            if fsync {
+                File::open(&src)?.sync_data()?;
+            }
+            let dir = dst
+                .parent()
+                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            fs::create_dir_all(dir)?;
+            if dst.exists() {
+                // Same content already stored: keep the existing file.
+                fs::remove_file(&src)?;
+                return Ok(());
+            }
+            fs::rename(&src, &dst)?;
+            if fsync {
+                sync_dir(dir)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upload_abort(&self, id: &str) -> Result<(), StoreError> {
+        let path = self.upload_path(id)?;
+        blocking(move || not_found_is_none(fs::remove_file(path)).map(|_| ())).await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        let root = self.root.clone();
+        blocking(move || {
+            let meta = fs::metadata(root.join("uploads"))?;
+            if meta.permissions().readonly() {
+                return Err(io::Error::other("upload directory is read-only"));
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+struct FsWriter {
+    tx: Option<mpsc::Sender<Bytes>>,
+    done: oneshot::Receiver<io::Result<u64>>,
+}
+
+#[async_trait]
+impl BlobWriter for FsWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| StoreError::Other("writer finished".into()))?;
+        if tx.send(chunk).await.is_err() {
+            // The writer thread stopped: its error is in `done`.
+            self.tx = None;
+            return match (&mut self.done).await {
+                Ok(Err(e)) => Err(e.into()),
+                _ => Err(StoreError::Other("upload writer stopped".into())),
+            };
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64, StoreError> {
+        self.tx = None;
+        match self.done.await {
+            Ok(res) => Ok(res?),
+            Err(_) => Err(StoreError::Other("upload writer vanished".into())),
+        }
+    }
+}
