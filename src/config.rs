@@ -105,21 +105,14 @@ impl Config {
             fig = fig.merge(Toml::file_exact(file));
         }
         let env = Env::prefixed("IMAGE_MANAGER_")
-            .filter(|k| {
-                SECTIONS
-                    .iter()
-                    .any(|s| k.as_str().to_ascii_lowercase().starts_with(s))
-            })
+            .filter(|k| SECTIONS.iter().any(|s| k.as_str().to_ascii_lowercase().starts_with(s)))
             .split("__");
         fig.merge(env).extract().map_err(Box::new)
     }
 
     pub fn database_url(&self) -> String {
         if self.storage.database.is_empty() {
-            format!(
-                "sqlite://{}",
-                self.server.data_dir.join("metadata.db").display()
-            )
+            format!("sqlite://{}", self.server.data_dir.join("metadata.db").display())
         } else {
             self.storage.database.clone()
         }

@@ -46,6 +46,8 @@ pub enum Error {
     TooLarge(String),
     #[error("requested access to the resource is denied")]
     Denied,
+    #[error("request headers exceed {0} bytes")]
+    HeadersTooLarge(usize),
     #[error("unknown endpoint")]
     NotFound,
     #[error("storage: {0}")]
@@ -76,6 +78,7 @@ impl Error {
             UploadOutOfOrder { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
             TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
             Denied => (StatusCode::FORBIDDEN, "DENIED"),
+            HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "SIZE_INVALID"),
             NotFound => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
             Body(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
@@ -98,8 +101,7 @@ impl IntoResponse for Error {
         } else {
             tracing::debug!(error = %self, code, "request rejected");
         }
-        let body =
-            json!({ "errors": [{ "code": code, "message": self.message(), "detail": null }] });
+        let body = json!({ "errors": [{ "code": code, "message": self.message(), "detail": null }] });
         let mut resp = (status, axum::Json(body)).into_response();
         match self {
             Error::RangeNotSatisfiable { size } => {

@@ -4,11 +4,7 @@ use clap::{Parser, Subcommand};
 use image_manager::config::Config;
 
 #[derive(Parser)]
-#[command(
-    name = "image-manager",
-    version,
-    about = "OCI registry and ONAP image catalog"
-)]
+#[command(name = "image-manager", version, about = "OCI registry and ONAP image catalog")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,8 +63,7 @@ fn load(store: &StoreArgs) -> anyhow::Result<Config> {
 
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -80,8 +75,17 @@ fn init_logging(config: &Config) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("image-manager: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             store,

@@ -17,20 +17,13 @@ use crate::storage::{BlobStore, MetadataStore};
 /// Open (and migrate) the metadata store named by the configuration.
 pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<SqlStore>> {
     if config.database_url().starts_with("sqlite://") {
-        std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
-            format!(
-                "creating data directory {}",
-                config.server.data_dir.display()
-            )
-        })?;
+        std::fs::create_dir_all(&config.server.data_dir)
+            .with_context(|| format!("creating data directory {}", config.server.data_dir.display()))?;
     }
     let store = SqlStore::connect(&config.database_url(), config.storage.fsync)
         .await
         .context("connecting to the metadata database")?;
-    store
-        .migrate()
-        .await
-        .context("applying database migrations")?;
+    store.migrate().await.context("applying database migrations")?;
     Ok(Arc::new(store))
 }
 

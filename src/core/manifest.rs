@@ -70,21 +70,18 @@ pub struct ParsedManifest {
 
 fn descriptor_digest(d: &RawDescriptor, what: &str) -> Result<Digest> {
     if d.size < 0 {
-        return Err(Error::ManifestInvalid(format!(
-            "{what} has a negative size"
-        )));
+        return Err(Error::ManifestInvalid(format!("{what} has a negative size")));
     }
     if d.media_type.is_empty() {
         return Err(Error::ManifestInvalid(format!("{what} has no mediaType")));
     }
-    Digest::parse(&d.digest)
-        .map_err(|_| Error::ManifestInvalid(format!("{what} has an invalid digest {:?}", d.digest)))
+    Digest::parse(&d.digest).map_err(|_| Error::ManifestInvalid(format!("{what} has an invalid digest {:?}", d.digest)))
 }
 
 /// Parse `body` pushed with `content_type` (header value without parameters, may be empty).
 pub fn parse(body: &[u8], content_type: &str) -> Result<ParsedManifest> {
-    let raw: RawManifest = serde_json::from_slice(body)
-        .map_err(|e| Error::ManifestInvalid(format!("not a manifest: {e}")))?;
+    let raw: RawManifest =
+        serde_json::from_slice(body).map_err(|e| Error::ManifestInvalid(format!("not a manifest: {e}")))?;
     let declared = raw.media_type.as_deref().filter(|m| !m.is_empty());
     let header = Some(content_type).filter(|c| !c.is_empty() && kind_of(c).is_some());
     let media_type = match (declared, header) {
@@ -97,15 +94,10 @@ pub fn parse(body: &[u8], content_type: &str) -> Result<ParsedManifest> {
         (None, Some(h)) => h.to_string(),
         (None, None) if raw.manifests.is_some() => OCI_INDEX.to_string(),
         (None, None) if raw.config.is_some() => OCI_MANIFEST.to_string(),
-        (None, None) => {
-            return Err(Error::ManifestInvalid(
-                "cannot tell the manifest's media type".into(),
-            ))
-        }
+        (None, None) => return Err(Error::ManifestInvalid("cannot tell the manifest's media type".into())),
     };
-    let kind = kind_of(&media_type).ok_or_else(|| {
-        Error::ManifestInvalid(format!("unsupported manifest media type {media_type:?}"))
-    })?;
+    let kind = kind_of(&media_type)
+        .ok_or_else(|| Error::ManifestInvalid(format!("unsupported manifest media type {media_type:?}")))?;
     if kind != Kind::Artifact && raw.schema_version != Some(2) {
         return Err(Error::ManifestInvalid("schemaVersion must be 2".into()));
     }
@@ -132,9 +124,7 @@ pub fn parse(body: &[u8], content_type: &str) -> Result<ParsedManifest> {
                 }
             }
             if raw.manifests.is_some() {
-                return Err(Error::ManifestInvalid(
-                    "an image manifest has no manifests list".into(),
-                ));
+                return Err(Error::ManifestInvalid("an image manifest has no manifests list".into()));
             }
             if artifact_type.is_none() {
                 artifact_type = Some(config.media_type.clone());
@@ -149,9 +139,7 @@ pub fn parse(body: &[u8], content_type: &str) -> Result<ParsedManifest> {
                 manifests.push(descriptor_digest(m, &format!("manifest {i}"))?);
             }
             if raw.config.is_some() || raw.layers.is_some() {
-                return Err(Error::ManifestInvalid(
-                    "an index has no config or layers".into(),
-                ));
+                return Err(Error::ManifestInvalid("an index has no config or layers".into()));
             }
         }
         Kind::Artifact => {
@@ -204,10 +192,7 @@ mod tests {
         assert_eq!(p.blobs.len(), 2);
         assert_eq!(p.artifact_type.as_deref(), Some("application/x"));
         assert_eq!(p.subject.map(|s| s.to_string()), Some(d('e')));
-        assert!(
-            parse(body.as_bytes(), OCI_INDEX).is_err(),
-            "content type mismatch"
-        );
+        assert!(parse(body.as_bytes(), OCI_INDEX).is_err(), "content type mismatch");
     }
 
     #[test]
@@ -216,11 +201,7 @@ mod tests {
         assert!(parse(b"[]", OCI_MANIFEST).is_err());
         assert!(parse(br#"{"schemaVersion":2}"#, OCI_MANIFEST).is_err());
         assert!(parse(br#"{"schemaVersion":1,"manifests":[]}"#, OCI_INDEX).is_err());
-        assert!(parse(
-            br#"{"schemaVersion":2,"mediaType":"text/plain","manifests":[]}"#,
-            ""
-        )
-        .is_err());
+        assert!(parse(br#"{"schemaVersion":2,"mediaType":"text/plain","manifests":[]}"#, "").is_err());
         let ok = parse(br#"{"schemaVersion":2,"manifests":[]}"#, "").expect("index");
         assert_eq!(ok.media_type, OCI_INDEX);
     }

@@ -52,11 +52,7 @@ pub struct Page {
 }
 
 impl Registry {
-    pub fn new(
-        blobs: Arc<dyn BlobStore>,
-        meta: Arc<dyn MetadataStore>,
-        config: RegistryConfig,
-    ) -> Self {
+    pub fn new(blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetadataStore>, config: RegistryConfig) -> Self {
         Self {
             blobs,
             meta,
@@ -69,9 +65,7 @@ impl Registry {
         if self.config.delete_enabled {
             Ok(())
         } else {
-            Err(Error::MethodNotAllowed(
-                "deletes are disabled on this registry".into(),
-            ))
+            Err(Error::MethodNotAllowed("deletes are disabled on this registry".into()))
         }
     }
 
@@ -89,9 +83,7 @@ impl Registry {
         let mut tags: Vec<String> = Vec::new();
         match reference {
             Reference::Digest(d) if d != &digest => {
-                return Err(Error::DigestInvalid(format!(
-                    "manifest digest is {digest}, not {d}"
-                )))
+                return Err(Error::DigestInvalid(format!("manifest digest is {digest}, not {d}")))
             }
             Reference::Digest(_) => {}
             Reference::Tag(t) => tags.push(t.clone()),
@@ -110,11 +102,7 @@ impl Registry {
             blobs: parsed.blobs.iter().map(ToString::to_string).collect(),
             manifests: parsed.manifests.iter().map(ToString::to_string).collect(),
         };
-        match self
-            .meta
-            .manifest_put(repo.as_str(), &record, &tags)
-            .await?
-        {
+        match self.meta.manifest_put(repo.as_str(), &record, &tags).await? {
             PutOutcome::Stored => Ok(Pushed {
                 digest,
                 subject: parsed.subject,
@@ -129,19 +117,10 @@ impl Registry {
     }
 
     /// Fetch a manifest by tag or digest; `content` false fetches only its description (HEAD).
-    pub async fn get_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-        content: bool,
-    ) -> Result<Manifest> {
+    pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference, content: bool) -> Result<Manifest> {
         let found = match reference {
             Reference::Tag(t) => self.meta.manifest_by_tag(repo.as_str(), t, content).await?,
-            Reference::Digest(d) => {
-                self.meta
-                    .manifest_by_digest(repo.as_str(), d.as_str(), content)
-                    .await?
-            }
+            Reference::Digest(d) => self.meta.manifest_by_digest(repo.as_str(), d.as_str(), content).await?,
         };
         let m = found.ok_or(Error::ManifestUnknown)?;
         Ok(Manifest {
@@ -201,12 +180,7 @@ impl Registry {
     }
 
     /// The referrers of `subject` in `repo` as an OCI image index.
-    pub async fn referrers(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-        artifact_type: Option<&str>,
-    ) -> Result<Value> {
+    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Value> {
         let list = self
             .meta
             .referrers(repo.as_str(), subject.as_str(), artifact_type)
@@ -214,15 +188,11 @@ impl Registry {
         let manifests: Vec<Value> = list
             .into_iter()
             .map(|r| {
-                let mut d =
-                    json!({ "mediaType": r.media_type, "digest": r.digest, "size": r.size });
+                let mut d = json!({ "mediaType": r.media_type, "digest": r.digest, "size": r.size });
                 if let Some(at) = r.artifact_type {
                     d["artifactType"] = Value::String(at);
                 }
-                if let Some(a) = r
-                    .annotations
-                    .and_then(|a| serde_json::from_str::<Value>(&a).ok())
-                {
+                if let Some(a) = r.annotations.and_then(|a| serde_json::from_str::<Value>(&a).ok()) {
                     d["annotations"] = a;
                 }
                 d

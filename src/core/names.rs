@@ -12,14 +12,11 @@ use crate::error::{Error, Result};
 pub const MAX_NAME_LEN: usize = 255;
 
 static NAME_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$",
-    )
-    .unwrap_or_else(|e| panic!("static regex: {e}"))
+    Regex::new(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
+        .unwrap_or_else(|e| panic!("static regex: {e}"))
 });
 static TAG_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
-        .unwrap_or_else(|e| panic!("static regex: {e}"))
+    Regex::new(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$").unwrap_or_else(|e| panic!("static regex: {e}"))
 });
 
 /// A validated repository name such as `onap/so/catalog-db`.
@@ -29,9 +26,7 @@ pub struct RepoName(String);
 impl RepoName {
     pub fn parse(s: &str) -> Result<Self> {
         if s.len() > MAX_NAME_LEN {
-            return Err(Error::NameInvalid(format!(
-                "longer than {MAX_NAME_LEN} characters"
-            )));
+            return Err(Error::NameInvalid(format!("longer than {MAX_NAME_LEN} characters")));
         }
         if !NAME_RE.is_match(s) {
             return Err(Error::NameInvalid(format!(
@@ -56,9 +51,7 @@ pub fn parse_tag(s: &str) -> Result<&str> {
     if TAG_RE.is_match(s) {
         Ok(s)
     } else {
-        Err(Error::TagInvalid(format!(
-            "{s:?} does not match the tag grammar"
-        )))
+        Err(Error::TagInvalid(format!("{s:?} does not match the tag grammar")))
     }
 }
 
@@ -85,11 +78,7 @@ impl Digest {
             "sha512" => (Algorithm::Sha512, 128),
             other => return Err(Error::Unsupported(format!("digest algorithm {other:?}"))),
         };
-        if hex.len() != len
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if hex.len() != len || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(Error::DigestInvalid(format!("{s:?} is not a valid digest")));
         }
         Ok(Self {
@@ -183,10 +172,7 @@ mod tests {
         assert!(Digest::parse(&d).is_ok());
         assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_err());
         assert!(Digest::parse("sha256:abc").is_err());
-        assert!(matches!(
-            Digest::parse("md5:abc"),
-            Err(Error::Unsupported(_))
-        ));
+        assert!(matches!(Digest::parse("md5:abc"), Err(Error::Unsupported(_))));
         assert_eq!(Digest::parse(&d).map(|d| d.hex().len()).ok(), Some(64));
         assert!(matches!(Reference::parse("v1.0"), Ok(Reference::Tag(_))));
         assert!(Reference::parse(".bad").is_err());

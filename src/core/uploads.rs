@@ -17,6 +17,14 @@ pub struct BlobBody {
     pub stream: ByteStream,
 }
 
+/// A client's byte range: `From(start, end)` (`bytes=start-end`, end optional) or
+/// `Suffix(n)` (`bytes=-n`, the last n bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    From(u64, Option<u64>),
+    Suffix(u64),
+}
+
 /// Where an upload session stands.
 pub struct UploadState {
     pub id: String,
@@ -38,40 +46,32 @@ impl Registry {
             .ok_or(Error::BlobUnknown)
     }
 
-    /// Open a blob readable in `repo`; `range` is an unchecked `(start, end)` request.
-    pub async fn get_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        range: Option<(u64, Option<u64>)>,
-    ) -> Result<BlobBody> {
+    /// Open a blob readable in `repo`, whole or one range of it (checked here against its size).
+    pub async fn get_blob(&self, repo: &RepoName, digest: &Digest, range: Option<RangeRequest>) -> Result<BlobBody> {
         let size = self.stat_blob(repo, digest).await?;
         let range = match range {
             None => None,
-            Some((start, _)) if start >= size => return Err(Error::RangeNotSatisfiable { size }),
-            Some((start, end)) => Some(ByteRange {
+            Some(RangeRequest::From(start, _)) if start >= size => return Err(Error::RangeNotSatisfiable { size }),
+            Some(RangeRequest::From(start, end)) => Some(ByteRange {
                 start,
                 end: end.unwrap_or(u64::MAX).min(size - 1),
+            }),
+            Some(RangeRequest::Suffix(n)) if n == 0 || size == 0 => return Err(Error::RangeNotSatisfiable { size }),
+            Some(RangeRequest::Suffix(n)) => Some(ByteRange {
+                start: size.saturating_sub(n),
+                end: size - 1,
             }),
         };
         let stream = self.blobs.get(digest, range).await.map_err(|e| {
             tracing::error!(%digest, error = %e, "blob recorded in metadata but not readable");
             Error::from(e)
         })?;
-        Ok(BlobBody {
-            size,
-            range,
-            stream,
-        })
+        Ok(BlobBody { size, range, stream })
     }
 
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.ensure_deletes()?;
-        if self
-            .meta
-            .unlink_blob(repo.as_str(), digest.as_str())
-            .await?
-        {
+        if self.meta.unlink_blob(repo.as_str(), digest.as_str()).await? {
             Ok(())
         } else {
             Err(Error::BlobUnknown)
@@ -86,22 +86,11 @@ impl Registry {
     }
 
     /// Mount `digest` from repository `from` into `repo`, or open an upload when that is not possible.
-    pub async fn mount_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        from: Option<&RepoName>,
-    ) -> Result<Mount> {
+    pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Mount> {
         if let Some(from) = from {
-            if let Some(size) = self
-                .meta
-                .repo_blob_size(from.as_str(), digest.as_str())
-                .await?
-            {
+            if let Some(size) = self.meta.repo_blob_size(from.as_str(), digest.as_str()).await? {
                 if self.blobs.stat(digest).await?.is_some() {
-                    self.meta
-                        .link_blob(repo.as_str(), digest.as_str(), size)
-                        .await?;
+                    self.meta.link_blob(repo.as_str(), digest.as_str(), size).await?;
                     return Ok(Mount::Mounted);
                 }
             }
@@ -110,11 +99,7 @@ impl Registry {
     }
 
     async fn session(&self, repo: &RepoName, id: &str) -> Result<u64> {
-        let rec = self
-            .meta
-            .upload_get(id)
-            .await?
-            .ok_or(Error::BlobUploadUnknown)?;
+        let rec = self.meta.upload_get(id).await?.ok_or(Error::BlobUploadUnknown)?;
         if rec.repo != repo.as_str() {
             return Err(Error::BlobUploadUnknown);
         }
@@ -180,7 +165,11 @@ impl Registry {
             )));
         }
         let new = offset + written;
-        self.meta.upload_set_size(id, new).await?;
+        if !self.meta.upload_advance(id, offset, new).await? {
+            // A concurrent request on the same session moved it: this chunk does not count.
+            let offset = self.session(repo, id).await?;
+            return Err(Error::UploadOutOfOrder { offset });
+        }
         self.keep_hasher(id, new, hasher);
         Ok(UploadState {
             id: id.to_string(),
@@ -189,13 +178,7 @@ impl Registry {
     }
 
     /// Stream `body` into upload data at `offset`, hashing it; returns the bytes written.
-    async fn write_body<S, E>(
-        &self,
-        id: &str,
-        offset: u64,
-        hasher: &mut Sha256,
-        mut body: S,
-    ) -> Result<u64>
+    async fn write_body<S, E>(&self, id: &str, offset: u64, hasher: &mut Sha256, mut body: S) -> Result<u64>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -216,13 +199,7 @@ impl Registry {
     }
 
     /// Close upload `id` with its last chunk (possibly empty) and check it against `digest`.
-    pub async fn finish_upload<S, E>(
-        &self,
-        repo: &RepoName,
-        id: &str,
-        digest: &Digest,
-        body: Option<S>,
-    ) -> Result<()>
+    pub async fn finish_upload<S, E>(&self, repo: &RepoName, id: &str, digest: &Digest, body: Option<S>) -> Result<()>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -269,9 +246,7 @@ impl Registry {
         .await;
         match result {
             Ok(size) => {
-                self.meta
-                    .link_blob(repo.as_str(), digest.as_str(), size)
-                    .await?;
+                self.meta.link_blob(repo.as_str(), digest.as_str(), size).await?;
                 Ok(())
             }
             Err(e) => {
@@ -299,8 +274,7 @@ impl Registry {
 
     /// Remove upload sessions idle for longer than the configured expiry; returns how many.
     pub async fn expire_uploads(&self) -> Result<usize> {
-        let cutoff =
-            crate::storage::now_ms() - (self.config.upload_expiry_secs as i64).saturating_mul(1000);
+        let cutoff = crate::storage::now_ms() - (self.config.upload_expiry_secs as i64).saturating_mul(1000);
         let ids = self.meta.uploads_idle_since(cutoff).await?;
         for id in &ids {
             self.cancel_upload_data(id).await?;

@@ -26,13 +26,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", any(registry::dispatch))
         .route("/v2/{*path}", any(registry::dispatch))
         .with_state(state)
+        .layer(axum::middleware::from_fn(limit_headers))
         .layer(CatchPanicLayer::custom(|_| {
-            crate::error::Error::Storage(crate::storage::StoreError::Other(
-                "handler panicked".into(),
-            ))
-            .into_response()
+            crate::error::Error::Storage(crate::storage::StoreError::Other("handler panicked".into())).into_response()
         }))
         .layer(TraceLayer::new_for_http())
+}
+
+/// Total size of request headers accepted; larger requests get 431.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+async fn limit_headers(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size > MAX_HEADER_BYTES {
+        return crate::error::Error::HeadersTooLarge(MAX_HEADER_BYTES).into_response();
+    }
+    next.run(req).await
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -51,8 +60,5 @@ async fn readyz(State(reg): State<AppState>) -> impl IntoResponse {
         Ok(()) => "ok".to_string(),
         Err(e) => e.to_string(),
     };
-    (
-        status,
-        Json(json!({ "metadata": show(meta), "blobs": show(blobs) })),
-    )
+    (status, Json(json!({ "metadata": show(meta), "blobs": show(blobs) })))
 }

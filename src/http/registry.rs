@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 
 use super::AppState;
 use crate::core::names::{Digest, Reference, RepoName};
-use crate::core::uploads::{Mount, UploadState};
+use crate::core::uploads::{Mount, RangeRequest, UploadState};
 use crate::core::{Page, Registry};
 use crate::error::{Error, Result};
 
@@ -75,10 +75,7 @@ impl Query {
         Query(pairs)
     }
     fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
     fn all(&self, key: &str) -> Vec<String> {
         self.0
@@ -98,7 +95,7 @@ impl Query {
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: impl header::AsHeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -144,13 +141,7 @@ pub async fn dispatch(
     resp
 }
 
-async fn handle(
-    reg: &Registry,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response> {
+async fn handle(reg: &Registry, method: &Method, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response> {
     let Some(route) = route(uri.path()) else {
         return Err(Error::NotFound);
     };
@@ -197,9 +188,7 @@ async fn handle(
             let reference = Reference::parse(reference)?;
             let limit = reg.config.max_manifest_bytes;
             if content_length(headers).is_some_and(|l| l > limit as u64) {
-                return Err(Error::TooLarge(format!(
-                    "manifests are limited to {limit} bytes"
-                )));
+                return Err(Error::TooLarge(format!("manifests are limited to {limit} bytes")));
             }
             let bytes = http_body_util::Limited::new(body, limit)
                 .collect()
@@ -216,19 +205,10 @@ async fn handle(
                 .map(|c| c.split(';').next().unwrap_or("").trim())
                 .unwrap_or("");
             let pushed = reg
-                .put_manifest(
-                    &repo,
-                    &reference,
-                    content_type,
-                    bytes.to_vec(),
-                    &q.all("tag"),
-                )
+                .put_manifest(&repo, &reference, content_type, bytes.to_vec(), &q.all("tag"))
                 .await?;
             let mut reply = Reply::new(StatusCode::CREATED)
-                .header(
-                    header::LOCATION,
-                    format!("/v2/{repo}/manifests/{}", pushed.digest),
-                )
+                .header(header::LOCATION, format!("/v2/{repo}/manifests/{}", pushed.digest))
                 .header(CONTENT_DIGEST, pushed.digest.as_str());
             if let Some(subject) = &pushed.subject {
                 reply = reply.header(OCI_SUBJECT, subject.as_str());
@@ -254,7 +234,7 @@ async fn handle(
             let range = header_str(headers, header::RANGE).and_then(parse_range);
             let blob = reg.get_blob(&repo, &digest, range).await?;
             let reply = match blob.range {
-                Some(r) => blob_headers(StatusCode::PARTIAL_CONTENT, &digest, r.len()).header(
+                Some(r) => blob_headers(StatusCode::PARTIAL_CONTENT, &digest, r.byte_count()).header(
                     header::CONTENT_RANGE,
                     format!("bytes {}-{}/{}", r.start, r.end, blob.size),
                 ),
@@ -280,8 +260,7 @@ async fn handle(
             }
             if let Some(digest) = q.get("digest") {
                 let digest = Digest::parse(digest)?;
-                reg.put_blob(&repo, &digest, body.into_data_stream())
-                    .await?;
+                reg.put_blob(&repo, &digest, body.into_data_stream()).await?;
                 return Ok(blob_created(&repo, &digest));
             }
             let state = reg.start_upload(&repo).await?;
@@ -316,9 +295,10 @@ async fn handle(
                     Ok(upload_reply(StatusCode::ACCEPTED, &repo, &state))
                 }
                 Method::PUT => {
-                    let digest = Digest::parse(q.get("digest").ok_or_else(|| {
-                        Error::DigestInvalid("the digest parameter is required".into())
-                    })?)?;
+                    let digest = Digest::parse(
+                        q.get("digest")
+                            .ok_or_else(|| Error::DigestInvalid("the digest parameter is required".into()))?,
+                    )?;
                     let has_body = content_length(headers).is_none_or(|l| l > 0);
                     let stream = has_body.then(|| body.into_data_stream());
                     reg.finish_upload(&repo, &id, &digest, stream).await?;
@@ -328,9 +308,7 @@ async fn handle(
                     reg.cancel_upload(&repo, &id).await?;
                     Ok(Reply::new(StatusCode::NO_CONTENT).done())
                 }
-                _ => Err(Error::MethodNotAllowed(format!(
-                    "{method} on an upload session"
-                ))),
+                _ => Err(Error::MethodNotAllowed(format!("{method} on an upload session"))),
             }
         }
         (Route::Referrers(name, digest), Method::GET) => {
@@ -338,8 +316,7 @@ async fn handle(
             let digest = Digest::parse(digest)?;
             let artifact_type = q.get("artifactType").filter(|a| !a.is_empty());
             let index = reg.referrers(&repo, &digest, artifact_type).await?;
-            let mut reply = Reply::new(StatusCode::OK)
-                .header(header::CONTENT_TYPE, crate::core::manifest::OCI_INDEX);
+            let mut reply = Reply::new(StatusCode::OK).header(header::CONTENT_TYPE, crate::core::manifest::OCI_INDEX);
             if artifact_type.is_some() {
                 reply = reply.header(OCI_FILTERS_APPLIED, "artifactType");
             }
@@ -369,14 +346,8 @@ fn blob_created(repo: &RepoName, digest: &Digest) -> Response {
 
 fn upload_reply(status: StatusCode, repo: &RepoName, state: &UploadState) -> Response {
     Reply::new(status)
-        .header(
-            header::LOCATION,
-            format!("/v2/{repo}/blobs/uploads/{}", state.id),
-        )
-        .header(
-            header::RANGE,
-            format!("0-{}", state.offset.saturating_sub(1)),
-        )
+        .header(header::LOCATION, format!("/v2/{repo}/blobs/uploads/{}", state.id))
+        .header(header::RANGE, format!("0-{}", state.offset.saturating_sub(1)))
         .header(UPLOAD_UUID, &state.id)
         .header(header::CONTENT_LENGTH, "0")
         .done()
@@ -388,23 +359,23 @@ fn listing(page: Page, path: &str, body: impl FnOnce(&[String]) -> serde_json::V
         if let Some(last) = page.items.last() {
             let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
             let n = page.items.len();
-            reply = reply.header(
-                header::LINK,
-                format!("<{path}?last={last}&n={n}>; rel=\"next\""),
-            );
+            reply = reply.header(header::LINK, format!("<{path}?last={last}&n={n}>; rel=\"next\""));
         }
     }
     reply.body(Body::from(body(&page.items).to_string()))
 }
 
-/// `bytes=START-END` or `bytes=START-` or `bytes=-SUFFIX` (suffix is unsupported and ignored).
-/// Anything else, including several ranges, is ignored and the whole blob is served.
-fn parse_range(v: &str) -> Option<(u64, Option<u64>)> {
+/// `bytes=START-END`, `bytes=START-` or `bytes=-SUFFIX`. Anything else, including several
+/// ranges, is ignored and the whole blob is served, as RFC 9110 allows.
+fn parse_range(v: &str) -> Option<RangeRequest> {
     let spec = v.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;
     }
     let (start, end) = spec.split_once('-')?;
+    if start.trim().is_empty() {
+        return end.trim().parse().ok().map(RangeRequest::Suffix);
+    }
     let start: u64 = start.trim().parse().ok()?;
     let end = match end.trim() {
         "" => None,
@@ -416,7 +387,7 @@ fn parse_range(v: &str) -> Option<(u64, Option<u64>)> {
             Some(e)
         }
     };
-    Some((start, end))
+    Some(RangeRequest::From(start, end))
 }
 
 /// A PATCH `Content-Range`: `START-END`, with an optional `bytes ` prefix and `/total` suffix.
@@ -447,19 +418,10 @@ mod tests {
         assert_eq!(route("/v2"), Some(Route::Base));
         assert_eq!(route("/v2/_catalog"), Some(Route::Catalog));
         assert_eq!(route("/v2/a/b/tags/list"), Some(Route::Tags("a/b")));
-        assert_eq!(
-            route("/v2/a/b/manifests/v1"),
-            Some(Route::Manifest("a/b", "v1"))
-        );
-        assert_eq!(
-            route("/v2/a/blobs/sha256:x"),
-            Some(Route::Blob("a", "sha256:x"))
-        );
+        assert_eq!(route("/v2/a/b/manifests/v1"), Some(Route::Manifest("a/b", "v1")));
+        assert_eq!(route("/v2/a/blobs/sha256:x"), Some(Route::Blob("a", "sha256:x")));
         assert_eq!(route("/v2/a/blobs/uploads/"), Some(Route::UploadStart("a")));
-        assert_eq!(
-            route("/v2/a/blobs/uploads/u1"),
-            Some(Route::Upload("a", "u1"))
-        );
+        assert_eq!(route("/v2/a/blobs/uploads/u1"), Some(Route::Upload("a", "u1")));
         assert_eq!(
             route("/v2/a/referrers/sha256:x"),
             Some(Route::Referrers("a", "sha256:x"))
@@ -470,16 +432,14 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-9"), Some((0, Some(9))));
-        assert_eq!(parse_range("bytes=5-"), Some((5, None)));
+        assert_eq!(parse_range("bytes=0-9"), Some(RangeRequest::From(0, Some(9))));
+        assert_eq!(parse_range("bytes=5-"), Some(RangeRequest::From(5, None)));
+        assert_eq!(parse_range("bytes=-5"), Some(RangeRequest::Suffix(5)));
         assert_eq!(parse_range("bytes=9-5"), None);
         assert_eq!(parse_range("bytes=0-1,3-4"), None);
         assert_eq!(parse_range("items=0-1"), None);
         assert_eq!(parse_content_range("0-99").ok(), Some((0, 99)));
-        assert_eq!(
-            parse_content_range("bytes 100-199/*").ok(),
-            Some((100, 199))
-        );
+        assert_eq!(parse_content_range("bytes 100-199/*").ok(), Some((100, 199)));
         assert!(parse_content_range("x-1").is_err());
         assert!(parse_content_range("5-1").is_err());
     }

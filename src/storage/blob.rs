@@ -19,7 +19,7 @@ pub struct ByteRange {
 }
 
 impl ByteRange {
-    pub fn len(&self) -> u64 {
+    pub fn byte_count(&self) -> u64 {
         self.end - self.start + 1
     }
 }
@@ -33,11 +33,7 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Size of a committed blob, or `None` when it is not stored.
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError>;
     /// Stream a committed blob, or one range of it.
-    async fn get(
-        &self,
-        digest: &Digest,
-        range: Option<ByteRange>,
-    ) -> Result<ByteStream, StoreError>;
+    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, StoreError>;
     /// Remove a committed blob (garbage collection only); absent blobs are not an error.
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError>;
 
@@ -46,8 +42,7 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Bytes of upload data present (may exceed the acknowledged offset after a crash).
     async fn upload_size(&self, id: &str) -> Result<Option<u64>, StoreError>;
     /// Start writing at `offset`; anything stored beyond it is discarded first.
-    async fn upload_writer(&self, id: &str, offset: u64)
-        -> Result<Box<dyn BlobWriter>, StoreError>;
+    async fn upload_writer(&self, id: &str, offset: u64) -> Result<Box<dyn BlobWriter>, StoreError>;
     /// Read the first `len` bytes of upload data back (to rebuild a hash after a restart).
     async fn upload_read(&self, id: &str, len: u64) -> Result<ByteStream, StoreError>;
     /// Make the upload data durable and visible as the committed blob `digest`.

@@ -71,33 +71,19 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     async fn upload_create(&self, id: &str, repo: &str) -> Result<(), StoreError>;
     async fn upload_get(&self, id: &str) -> Result<Option<UploadRecord>, StoreError>;
-    async fn upload_set_size(&self, id: &str, size: u64) -> Result<(), StoreError>;
+    /// Move the acknowledged size from `from` to `to`; false when another request moved it first.
+    async fn upload_advance(&self, id: &str, from: u64, to: u64) -> Result<bool, StoreError>;
     /// End an upload session by making its blob readable in its repository, atomically.
-    async fn upload_complete(
-        &self,
-        id: &str,
-        repo: &str,
-        digest: &str,
-        size: u64,
-    ) -> Result<(), StoreError>;
+    async fn upload_complete(&self, id: &str, repo: &str, digest: &str, size: u64) -> Result<(), StoreError>;
     async fn upload_delete(&self, id: &str) -> Result<bool, StoreError>;
     /// Ids of sessions not touched since `before_ms`.
     async fn uploads_idle_since(&self, before_ms: i64) -> Result<Vec<String>, StoreError>;
 
     /// Record a manifest in `repo` and point `tags` at it, after checking in the same
     /// transaction that everything it references is there.
-    async fn manifest_put(
-        &self,
-        repo: &str,
-        m: &NewManifest,
-        tags: &[String],
-    ) -> Result<PutOutcome, StoreError>;
-    async fn manifest_by_tag(
-        &self,
-        repo: &str,
-        tag: &str,
-        content: bool,
-    ) -> Result<Option<ManifestRecord>, StoreError>;
+    async fn manifest_put(&self, repo: &str, m: &NewManifest, tags: &[String]) -> Result<PutOutcome, StoreError>;
+    async fn manifest_by_tag(&self, repo: &str, tag: &str, content: bool)
+        -> Result<Option<ManifestRecord>, StoreError>;
     async fn manifest_by_digest(
         &self,
         repo: &str,
@@ -109,15 +95,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn tag_delete(&self, repo: &str, tag: &str) -> Result<bool, StoreError>;
 
     /// Tags of `repo` in lexical order after `last`; `None` when the repository is unknown.
-    async fn tags(
-        &self,
-        repo: &str,
-        limit: u32,
-        last: Option<&str>,
-    ) -> Result<Option<Vec<String>>, StoreError>;
+    async fn tags(&self, repo: &str, limit: u32, last: Option<&str>) -> Result<Option<Vec<String>>, StoreError>;
     /// Repository names in lexical order after `last`.
-    async fn repositories(&self, limit: u32, last: Option<&str>)
-        -> Result<Vec<String>, StoreError>;
+    async fn repositories(&self, limit: u32, last: Option<&str>) -> Result<Vec<String>, StoreError>;
     /// Manifests in `repo` whose subject is `subject`.
     async fn referrers(
         &self,

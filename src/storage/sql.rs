@@ -28,9 +28,7 @@ impl Dialect {
             "sqlite" => Ok(Dialect::Sqlite),
             "postgres" | "postgresql" => Ok(Dialect::Postgres),
             "mysql" | "mariadb" => Ok(Dialect::MySql),
-            other => Err(StoreError::Other(format!(
-                "unsupported database URL scheme {other:?}"
-            ))),
+            other => Err(StoreError::Other(format!("unsupported database URL scheme {other:?}"))),
         }
     }
 
@@ -67,10 +65,7 @@ impl Dialect {
         match self {
             Dialect::MySql => {
                 let set: Vec<String> = cols.iter().map(|c| format!("{c} = VALUES({c})")).collect();
-                format!(
-                    "INSERT INTO {rest} ON DUPLICATE KEY UPDATE {}",
-                    set.join(", ")
-                )
+                format!("INSERT INTO {rest} ON DUPLICATE KEY UPDATE {}", set.join(", "))
             }
             _ => {
                 let set: Vec<String> = cols.iter().map(|c| format!("{c} = excluded.{c}")).collect();
@@ -81,6 +76,17 @@ impl Dialect {
             }
         }
     }
+}
+
+/// One row of the event outbox.
+#[derive(Default, Clone, Copy)]
+struct Event<'a> {
+    kind: &'a str,
+    repo: &'a str,
+    digest: Option<&'a str>,
+    tag: Option<&'a str>,
+    media_type: Option<&'a str>,
+    size: Option<u64>,
 }
 
 pub struct SqlStore {
@@ -136,22 +142,14 @@ impl SqlStore {
                 (p.clone(), p)
             }
         };
-        Ok(Self {
-            read,
-            write,
-            dialect,
-        })
+        Ok(Self { read, write, dialect })
     }
 
     /// Apply the migrations of this database's dialect.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.dialect {
             Dialect::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.write).await?,
-            other => {
-                return Err(StoreError::Other(format!(
-                    "no migrations for {other:?} yet"
-                )))
-            }
+            other => return Err(StoreError::Other(format!("no migrations for {other:?} yet"))),
         }
         Ok(())
     }
@@ -161,11 +159,7 @@ impl SqlStore {
     }
 
     /// Id of repository `name`, created if missing.
-    async fn ensure_repo(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        name: &str,
-    ) -> Result<i64, StoreError> {
+    async fn ensure_repo(&self, tx: &mut Transaction<'_, Any>, name: &str) -> Result<i64, StoreError> {
         let ins = self
             .dialect
             .insert_ignore("repositories (name, created_at) VALUES (?, ?)");
@@ -181,26 +175,17 @@ impl SqlStore {
         Ok(row.try_get(0)?)
     }
 
-    async fn event(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        kind: &str,
-        repo: &str,
-        digest: Option<&str>,
-        tag: Option<&str>,
-        media_type: Option<&str>,
-        size: Option<u64>,
-    ) -> Result<(), StoreError> {
+    async fn event(&self, tx: &mut Transaction<'_, Any>, e: Event<'_>) -> Result<(), StoreError> {
         sqlx::query(&self.q(
             "INSERT INTO events (kind, repository, digest, tag, media_type, size, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
         ))
-        .bind(kind)
-        .bind(repo)
-        .bind(digest)
-        .bind(tag)
-        .bind(media_type)
-        .bind(size.map(|s| s as i64))
+        .bind(e.kind)
+        .bind(e.repo)
+        .bind(e.digest)
+        .bind(e.tag)
+        .bind(e.media_type)
+        .bind(e.size.map(|s| s as i64))
         .bind(now_ms())
         .execute(&mut **tx)
         .await?;
@@ -235,8 +220,17 @@ impl SqlStore {
             .execute(&mut **tx)
             .await?;
         if linked.rows_affected() > 0 {
-            self.event(tx, "blob.push", repo, Some(digest), None, None, Some(size))
-                .await?;
+            self.event(
+                tx,
+                Event {
+                    kind: "blob.push",
+                    repo,
+                    digest: Some(digest),
+                    size: Some(size),
+                    ..Default::default()
+                },
+            )
+            .await?;
         }
         Ok(())
     }
@@ -293,17 +287,26 @@ impl MetadataStore for SqlStore {
 
     async fn unlink_blob(&self, repo: &str, digest: &str) -> Result<bool, StoreError> {
         let mut tx = self.write.begin().await?;
-        let res = sqlx::query(&self.q(
-            "DELETE FROM repo_blobs WHERE digest = ? AND repo_id = (SELECT id FROM repositories WHERE name = ?)",
-        ))
-        .bind(digest)
-        .bind(repo)
-        .execute(&mut *tx)
-        .await?;
+        let res =
+            sqlx::query(&self.q(
+                "DELETE FROM repo_blobs WHERE digest = ? AND repo_id = (SELECT id FROM repositories WHERE name = ?)",
+            ))
+            .bind(digest)
+            .bind(repo)
+            .execute(&mut *tx)
+            .await?;
         let gone = res.rows_affected() > 0;
         if gone {
-            self.event(&mut tx, "blob.delete", repo, Some(digest), None, None, None)
-                .await?;
+            self.event(
+                &mut tx,
+                Event {
+                    kind: "blob.delete",
+                    repo,
+                    digest: Some(digest),
+                    ..Default::default()
+                },
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(gone)
@@ -311,25 +314,21 @@ impl MetadataStore for SqlStore {
 
     async fn upload_create(&self, id: &str, repo: &str) -> Result<(), StoreError> {
         let now = now_ms();
-        sqlx::query(&self.q(
-            "INSERT INTO uploads (id, repo, size, created_at, updated_at) VALUES (?, ?, 0, ?, ?)",
-        ))
-        .bind(id)
-        .bind(repo)
-        .bind(now)
-        .bind(now)
-        .execute(&self.write)
-        .await?;
+        sqlx::query(&self.q("INSERT INTO uploads (id, repo, size, created_at, updated_at) VALUES (?, ?, 0, ?, ?)"))
+            .bind(id)
+            .bind(repo)
+            .bind(now)
+            .bind(now)
+            .execute(&self.write)
+            .await?;
         Ok(())
     }
 
     async fn upload_get(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
-        let row = sqlx::query(
-            &self.q("SELECT id, repo, size, created_at, updated_at FROM uploads WHERE id = ?"),
-        )
-        .bind(id)
-        .fetch_optional(&self.read)
-        .await?;
+        let row = sqlx::query(&self.q("SELECT id, repo, size, created_at, updated_at FROM uploads WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(UploadRecord {
             id: row.try_get(0)?,
@@ -340,23 +339,18 @@ impl MetadataStore for SqlStore {
         }))
     }
 
-    async fn upload_set_size(&self, id: &str, size: u64) -> Result<(), StoreError> {
-        sqlx::query(&self.q("UPDATE uploads SET size = ?, updated_at = ? WHERE id = ?"))
-            .bind(size as i64)
+    async fn upload_advance(&self, id: &str, from: u64, to: u64) -> Result<bool, StoreError> {
+        let res = sqlx::query(&self.q("UPDATE uploads SET size = ?, updated_at = ? WHERE id = ? AND size = ?"))
+            .bind(to as i64)
             .bind(now_ms())
             .bind(id)
+            .bind(from as i64)
             .execute(&self.write)
             .await?;
-        Ok(())
+        Ok(res.rows_affected() == 1)
     }
 
-    async fn upload_complete(
-        &self,
-        id: &str,
-        repo: &str,
-        digest: &str,
-        size: u64,
-    ) -> Result<(), StoreError> {
+    async fn upload_complete(&self, id: &str, repo: &str, digest: &str, size: u64) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
         sqlx::query(&self.q("DELETE FROM uploads WHERE id = ?"))
             .bind(id)
@@ -376,34 +370,24 @@ impl MetadataStore for SqlStore {
     }
 
     async fn uploads_idle_since(&self, before_ms: i64) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            &self.q("SELECT id FROM uploads WHERE updated_at < ? ORDER BY updated_at LIMIT 1000"),
-        )
-        .bind(before_ms)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| r.try_get(0).map_err(StoreError::from))
-            .collect()
+        let rows = sqlx::query(&self.q("SELECT id FROM uploads WHERE updated_at < ? ORDER BY updated_at LIMIT 1000"))
+            .bind(before_ms)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
     }
 
-    async fn manifest_put(
-        &self,
-        repo: &str,
-        m: &NewManifest,
-        tags: &[String],
-    ) -> Result<PutOutcome, StoreError> {
+    async fn manifest_put(&self, repo: &str, m: &NewManifest, tags: &[String]) -> Result<PutOutcome, StoreError> {
         let mut tx = self.write.begin().await?;
         let repo_id = self.ensure_repo(&mut tx, repo).await?;
 
         let mut missing = Vec::new();
         for digest in &m.blobs {
-            let found =
-                sqlx::query(&self.q("SELECT 1 FROM repo_blobs WHERE repo_id = ? AND digest = ?"))
-                    .bind(repo_id)
-                    .bind(digest)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let found = sqlx::query(&self.q("SELECT 1 FROM repo_blobs WHERE repo_id = ? AND digest = ?"))
+                .bind(repo_id)
+                .bind(digest)
+                .fetch_optional(&mut *tx)
+                .await?;
             if found.is_none() {
                 missing.push(digest.clone());
             }
@@ -412,13 +396,11 @@ impl MetadataStore for SqlStore {
             return Ok(PutOutcome::MissingBlobs(missing));
         }
         for digest in &m.manifests {
-            let found = sqlx::query(
-                &self.q("SELECT 1 FROM repo_manifests WHERE repo_id = ? AND digest = ?"),
-            )
-            .bind(repo_id)
-            .bind(digest)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let found = sqlx::query(&self.q("SELECT 1 FROM repo_manifests WHERE repo_id = ? AND digest = ?"))
+                .bind(repo_id)
+                .bind(digest)
+                .fetch_optional(&mut *tx)
+                .await?;
             if found.is_none() {
                 missing.push(digest.clone());
             }
@@ -468,18 +450,16 @@ impl MetadataStore for SqlStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let size = Some(m.content.len() as u64);
+        let pushed = Event {
+            kind: "manifest.push",
+            repo,
+            digest: Some(&m.digest),
+            media_type: Some(&m.media_type),
+            size: Some(m.content.len() as u64),
+            ..Default::default()
+        };
         if tags.is_empty() {
-            self.event(
-                &mut tx,
-                "manifest.push",
-                repo,
-                Some(&m.digest),
-                None,
-                Some(&m.media_type),
-                size,
-            )
-            .await?;
+            self.event(&mut tx, pushed).await?;
         }
         let up = self.dialect.upsert(
             "tags (repo_id, name, digest, updated_at) VALUES (?, ?, ?, ?)",
@@ -496,12 +476,10 @@ impl MetadataStore for SqlStore {
                 .await?;
             self.event(
                 &mut tx,
-                "manifest.push",
-                repo,
-                Some(&m.digest),
-                Some(tag),
-                Some(&m.media_type),
-                size,
+                Event {
+                    tag: Some(tag),
+                    ..pushed
+                },
             )
             .await?;
         }
@@ -560,22 +538,21 @@ impl MetadataStore for SqlStore {
             .bind(digest)
             .execute(&mut *tx)
             .await?;
-        let res =
-            sqlx::query(&self.q("DELETE FROM repo_manifests WHERE repo_id = ? AND digest = ?"))
-                .bind(repo_id)
-                .bind(digest)
-                .execute(&mut *tx)
-                .await?;
+        let res = sqlx::query(&self.q("DELETE FROM repo_manifests WHERE repo_id = ? AND digest = ?"))
+            .bind(repo_id)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
         let gone = res.rows_affected() > 0;
         if gone {
             self.event(
                 &mut tx,
-                "manifest.delete",
-                repo,
-                Some(digest),
-                None,
-                None,
-                None,
+                Event {
+                    kind: "manifest.delete",
+                    repo,
+                    digest: Some(digest),
+                    ..Default::default()
+                },
             )
             .await?;
         }
@@ -585,28 +562,31 @@ impl MetadataStore for SqlStore {
 
     async fn tag_delete(&self, repo: &str, tag: &str) -> Result<bool, StoreError> {
         let mut tx = self.write.begin().await?;
-        let res = sqlx::query(&self.q(
-            "DELETE FROM tags WHERE name = ? AND repo_id = (SELECT id FROM repositories WHERE name = ?)",
-        ))
+        let res = sqlx::query(
+            &self.q("DELETE FROM tags WHERE name = ? AND repo_id = (SELECT id FROM repositories WHERE name = ?)"),
+        )
         .bind(tag)
         .bind(repo)
         .execute(&mut *tx)
         .await?;
         let gone = res.rows_affected() > 0;
         if gone {
-            self.event(&mut tx, "tag.delete", repo, None, Some(tag), None, None)
-                .await?;
+            self.event(
+                &mut tx,
+                Event {
+                    kind: "tag.delete",
+                    repo,
+                    tag: Some(tag),
+                    ..Default::default()
+                },
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(gone)
     }
 
-    async fn tags(
-        &self,
-        repo: &str,
-        limit: u32,
-        last: Option<&str>,
-    ) -> Result<Option<Vec<String>>, StoreError> {
+    async fn tags(&self, repo: &str, limit: u32, last: Option<&str>) -> Result<Option<Vec<String>>, StoreError> {
         let Some(row) = sqlx::query(&self.q("SELECT id FROM repositories WHERE name = ?"))
             .bind(repo)
             .fetch_optional(&self.read)
@@ -615,33 +595,23 @@ impl MetadataStore for SqlStore {
             return Ok(None);
         };
         let repo_id: i64 = row.try_get(0)?;
-        let rows = sqlx::query(
-            &self.q("SELECT name FROM tags WHERE repo_id = ? AND name > ? ORDER BY name LIMIT ?"),
-        )
-        .bind(repo_id)
-        .bind(last.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await?;
+        let rows = sqlx::query(&self.q("SELECT name FROM tags WHERE repo_id = ? AND name > ? ORDER BY name LIMIT ?"))
+            .bind(repo_id)
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?;
         let tags: Result<Vec<String>, _> = rows.iter().map(|r| r.try_get(0)).collect();
         Ok(Some(tags?))
     }
 
-    async fn repositories(
-        &self,
-        limit: u32,
-        last: Option<&str>,
-    ) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            &self.q("SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?"),
-        )
-        .bind(last.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| r.try_get(0).map_err(StoreError::from))
-            .collect()
+    async fn repositories(&self, limit: u32, last: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(&self.q("SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?"))
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
     }
 
     async fn referrers(

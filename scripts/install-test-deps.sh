@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what the test suites need on a fresh machine of this kind (Debian, root):
+# skopeo from Debian, the Python test packages from PyPI. Idempotent and quick when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
+if ((${#need_apt[@]})); then
+  echo "installing Debian packages: ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import pytest, requests, oras' 2>/dev/null; then
+  echo "installing Python test packages"
+  python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+fi
