@@ -587,20 +587,25 @@ impl MetadataStore for SqlStore {
     }
 
     async fn tags(&self, repo: &str, limit: u32, last: Option<&str>) -> Result<Option<Vec<String>>, StoreError> {
-        let Some(row) = sqlx::query(&self.q("SELECT id FROM repositories WHERE name = ?"))
-            .bind(repo)
-            .fetch_optional(&self.read)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let repo_id: i64 = row.try_get(0)?;
-        let rows = sqlx::query(&self.q("SELECT name FROM tags WHERE repo_id = ? AND name > ? ORDER BY name LIMIT ?"))
-            .bind(repo_id)
-            .bind(last.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(&self.read)
-            .await?;
+        let rows = sqlx::query(&self.q(
+            "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repo_id \
+             WHERE r.name = ? AND t.name > ? ORDER BY t.name LIMIT ?",
+        ))
+        .bind(repo)
+        .bind(last.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        if rows.is_empty() {
+            // No tags (after `last`): tell an empty repository from an unknown one.
+            let known = sqlx::query(&self.q("SELECT id FROM repositories WHERE name = ?"))
+                .bind(repo)
+                .fetch_optional(&self.read)
+                .await?;
+            if known.is_none() {
+                return Ok(None);
+            }
+        }
         let tags: Result<Vec<String>, _> = rows.iter().map(|r| r.try_get(0)).collect();
         Ok(Some(tags?))
     }
