@@ -216,10 +216,29 @@ impl Registry {
                 "content has digest {actual}, not {digest}"
             )));
         }
+        self.commit_blob(repo, id, digest, offset, true).await
+    }
+
+    /// Make verified upload data the blob `digest`, readable in `repo`; `session` says whether
+    /// an upload session record is to be closed too.
+    ///
+    /// The order makes a concurrent garbage collection harmless: place the bytes (the store
+    /// keeps the upload data when the blob is already there), record the metadata, then check
+    /// the bytes are still in place (a collector may have just removed an unreferenced copy)
+    /// and place them again if not; only then drop the upload data.
+    async fn commit_blob(&self, repo: &RepoName, id: &str, digest: &Digest, size: u64, session: bool) -> Result<()> {
         self.blobs.upload_commit(id, digest).await?;
-        self.meta
-            .upload_complete(id, repo.as_str(), digest.as_str(), offset)
-            .await?;
+        if session {
+            self.meta
+                .upload_complete(id, repo.as_str(), digest.as_str(), size)
+                .await?;
+        } else {
+            self.meta.link_blob(repo.as_str(), digest.as_str(), size).await?;
+        }
+        if self.blobs.stat(digest).await?.is_none() {
+            self.blobs.upload_commit(id, digest).await?;
+        }
+        self.blobs.upload_abort(id).await?;
         Ok(())
     }
 
@@ -232,7 +251,7 @@ impl Registry {
         let id = uuid::Uuid::new_v4().to_string();
         self.blobs.upload_create(&id).await?;
         let mut hasher = Sha256::new();
-        let result = async {
+        let result: Result<()> = async {
             let size = self.write_body(&id, 0, &mut hasher, body).await?;
             let actual = Digest::sha256_of_hex(&hex::encode(hasher.finalize()));
             if &actual != digest {
@@ -240,22 +259,15 @@ impl Registry {
                     "content has digest {actual}, not {digest}"
                 )));
             }
-            self.blobs.upload_commit(&id, digest).await?;
-            Ok(size)
+            self.commit_blob(repo, &id, digest, size, false).await
         }
         .await;
-        match result {
-            Ok(size) => {
-                self.meta.link_blob(repo.as_str(), digest.as_str(), size).await?;
-                Ok(())
-            }
-            Err(e) => {
-                if let Err(abort) = self.blobs.upload_abort(&id).await {
-                    tracing::warn!(error = %abort, "could not remove failed upload data");
-                }
-                Err(e)
+        if result.is_err() {
+            if let Err(abort) = self.blobs.upload_abort(&id).await {
+                tracing::warn!(error = %abort, "could not remove failed upload data");
             }
         }
+        result
     }
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {

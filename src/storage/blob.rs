@@ -45,7 +45,9 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn upload_writer(&self, id: &str, offset: u64) -> Result<Box<dyn BlobWriter>, StoreError>;
     /// Read the first `len` bytes of upload data back (to rebuild a hash after a restart).
     async fn upload_read(&self, id: &str, len: u64) -> Result<ByteStream, StoreError>;
-    /// Make the upload data durable and visible as the committed blob `digest`.
+    /// Make the upload data durable and visible as the committed blob `digest`. When that blob
+    /// is already stored, leave both as they are: the caller removes the upload data with
+    /// [`BlobStore::upload_abort`] once metadata is committed.
     async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<(), StoreError>;
     /// Drop upload data; absent data is not an error.
     async fn upload_abort(&self, id: &str) -> Result<(), StoreError>;

@@ -224,8 +224,7 @@ impl BlobStore for FsBlobStore {
                 .ok_or_else(|| io::Error::other("blob path has no parent"))?;
             fs::create_dir_all(dir)?;
             if dst.exists() {
-                // Same content already stored: keep the existing file.
-                fs::remove_file(&src)?;
+                // Same content already stored: keep it, and the upload data for the caller.
                 return Ok(());
             }
             fs::rename(&src, &dst)?;

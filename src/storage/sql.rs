@@ -587,10 +587,10 @@ impl MetadataStore for SqlStore {
     }
 
     async fn tags(&self, repo: &str, limit: u32, last: Option<&str>) -> Result<Option<Vec<String>>, StoreError> {
-        let rows = sqlx::query(&self.q(
-            "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repo_id \
-             WHERE r.name = ? AND t.name > ? ORDER BY t.name LIMIT ?",
-        ))
+        let rows = sqlx::query(
+            &self.q("SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repo_id \
+             WHERE r.name = ? AND t.name > ? ORDER BY t.name LIMIT ?"),
+        )
         .bind(repo)
         .bind(last.unwrap_or(""))
         .bind(i64::from(limit))
