@@ -2,7 +2,8 @@
 
 The binary is `$IMAGE_MANAGER_BIN` or `target/debug/image-manager` at the project root.
 Extra server arguments (for backend matrices) come from `$IM_TEST_SERVER_ARGS`
-(shell-split). Readiness is awaited by polling GET /readyz with a deadline, never by sleeping
+(shell-split); `{id}` in them becomes an id unique to each Server (a fresh database name or
+bucket prefix per server, created before the first start and dropped on close). Readiness is awaited by polling GET /readyz with a deadline, never by sleeping
 a fixed time.
 """
 
@@ -15,7 +16,10 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
+
+from urllib.parse import urlparse
 
 import requests
 
@@ -27,6 +31,33 @@ def binary() -> str:
     if not Path(path).exists():
         raise RuntimeError(f"image-manager binary not found at {path}: run `cargo build` first")
     return path
+
+
+def _database_command(url: str, sql: str) -> list[str] | None:
+    """The client command that runs `sql` on the server of a postgres:// or mysql:// URL."""
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "127.0.0.1", str(parsed.port or "")
+    user = parsed.username or ""
+    if parsed.scheme in ("postgres", "postgresql"):
+        return ["psql", "-h", host, "-p", port or "5432", "-U", user or "postgres", "-d", "test",
+                "-v", "ON_ERROR_STOP=1", "-qc", sql]
+    if parsed.scheme in ("mysql", "mariadb"):
+        return ["mariadb", "-h", host, "-P", port or "3306", "-u", user or "root", "-e", sql]
+    return None
+
+
+def create_database(url: str) -> None:
+    name = urlparse(url).path.lstrip("/")
+    cmd = _database_command(url, f"CREATE DATABASE {name}")
+    if cmd:
+        subprocess.run(cmd, check=True, capture_output=True)
+
+
+def drop_database(url: str) -> None:
+    name = urlparse(url).path.lstrip("/")
+    cmd = _database_command(url, f"DROP DATABASE IF EXISTS {name}")
+    if cmd:
+        subprocess.run(cmd, check=False, capture_output=True)
 
 
 def free_port() -> int:
@@ -52,13 +83,22 @@ class Server:
         self.env.setdefault("RUST_LOG", "warn")
         self.env.update(env or {})
         self.args = list(args or [])
+        self.id = "im" + uuid.uuid4().hex[:12]
+        self.extra = [a.replace("{id}", self.id) for a in shlex.split(os.environ.get("IM_TEST_SERVER_ARGS", ""))]
         self.proc: subprocess.Popen | None = None
+        # Databases named after this server's id are created on first start, dropped on close.
+        self.databases = [self.extra[i + 1] for i, a in enumerate(self.extra[:-1])
+                          if a == "--database" and self.id in self.extra[i + 1]]
+        self._created = False
         self.log_path = Path(data_dir) / "server.log"
 
     def start(self, timeout: float = 30.0) -> "Server":
-        extra = shlex.split(os.environ.get("IM_TEST_SERVER_ARGS", ""))
-        cmd = [binary(), "serve", "--listen", self.host, "--data-dir", self.data_dir, *extra, *self.args]
+        cmd = [binary(), "serve", "--listen", self.host, "--data-dir", self.data_dir, *self.extra, *self.args]
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        if not self._created:
+            for url in self.databases:
+                create_database(url)
+            self._created = True
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -101,6 +141,10 @@ class Server:
 
     def close(self) -> None:
         self.stop()
+        if self._created:
+            for url in self.databases:
+                drop_database(url)
+            self._created = False
         if self._tmp is not None:
             self._tmp.cleanup()
 
