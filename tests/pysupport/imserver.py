@@ -70,7 +70,8 @@ class Server:
     """One image-manager process on 127.0.0.1 with its own data directory."""
 
     def __init__(self, data_dir: str | None = None, env: dict[str, str] | None = None,
-                 args: list[str] | None = None, port: int | None = None):
+                 args: list[str] | None = None, port: int | None = None, matrix: bool = True):
+        """`matrix=False` ignores $IM_TEST_SERVER_ARGS: for tests of the embedded defaults."""
         self._tmp = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="im-test-")
@@ -84,7 +85,8 @@ class Server:
         self.env.update(env or {})
         self.args = list(args or [])
         self.id = "im" + uuid.uuid4().hex[:12]
-        self.extra = [a.replace("{id}", self.id) for a in shlex.split(os.environ.get("IM_TEST_SERVER_ARGS", ""))]
+        matrix_args = os.environ.get("IM_TEST_SERVER_ARGS", "") if matrix else ""
+        self.extra = [a.replace("{id}", self.id) for a in shlex.split(matrix_args)]
         self.proc: subprocess.Popen | None = None
         # Databases named after this server's id are created on first start, dropped on close.
         self.databases = [self.extra[i + 1] for i, a in enumerate(self.extra[:-1])
