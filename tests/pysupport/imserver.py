@@ -117,6 +117,14 @@ class Server:
                 raise RuntimeError(f"server not ready after {timeout}s: {self.log()}")
             time.sleep(0.05)  # polling interval while waiting for readiness, not synchronisation
 
+    def replica(self, env: dict[str, str] | None = None) -> "Server":
+        """Another server process on its own port sharing this one's data dir, database and
+        blob store (a replica). Start it after this one; close it before this one."""
+        other = Server(data_dir=self.data_dir, env=env, args=self.args)
+        other.id, other.extra, other.databases = self.id, list(self.extra), []
+        other.log_path = Path(self.data_dir) / f"server-{other.port}.log"
+        return other
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-4000:]
