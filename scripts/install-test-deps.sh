@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suites need on a fresh machine of this kind (Debian, root):
-# skopeo from Debian, the Python test packages from PyPI. Idempotent and quick when present.
+# skopeo from Debian, the Python test packages from PyPI (moto's S3 server included).
+# Idempotent and quick when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +13,11 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import pytest, requests, oras' 2>/dev/null; then
+# moto before 5.2.5 answers CompleteMultipartUpload with a root element S3 clients reject.
+moto_ok() {
+  python3 -c 'import sys, moto.server, moto; sys.exit(tuple(map(int, moto.__version__.split(".")[:3])) < (5, 2, 5))' 2>/dev/null
+}
+if ! python3 -c 'import pytest, requests, oras' 2>/dev/null || ! moto_ok; then
   echo "installing Python test packages"
   python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi

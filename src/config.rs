@@ -16,6 +16,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub registry: RegistryConfig,
     pub log: LogConfig,
+    pub gc: GcConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +46,8 @@ pub struct StorageConfig {
     pub blobs: String,
     /// fsync blobs and database commits before acknowledging a write.
     pub fsync: bool,
+    /// Answer blob GETs with a redirect to a presigned URL when the blob store offers one (S3).
+    pub redirect: bool,
 }
 
 impl Default for StorageConfig {
@@ -53,6 +56,7 @@ impl Default for StorageConfig {
             database: String::new(),
             blobs: String::new(),
             fsync: true,
+            redirect: false,
         }
     }
 }
@@ -64,6 +68,8 @@ pub struct RegistryConfig {
     pub upload_expiry_secs: u64,
     pub upload_sweep_interval_secs: u64,
     pub max_manifest_bytes: usize,
+    /// Storage quota of a namespace that has none set through the admin API (0: unlimited).
+    pub default_quota_bytes: u64,
 }
 
 impl Default for RegistryConfig {
@@ -73,6 +79,7 @@ impl Default for RegistryConfig {
             upload_expiry_secs: 24 * 3600,
             upload_sweep_interval_secs: 15 * 60,
             max_manifest_bytes: 4 * 1024 * 1024,
+            default_quota_bytes: 0,
         }
     }
 }
@@ -95,7 +102,30 @@ impl Default for LogConfig {
     }
 }
 
-const SECTIONS: [&str; 4] = ["server__", "storage__", "registry__", "log__"];
+/// Garbage collection (`image-manager gc`, and the server's own schedule).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    /// How often the server collects garbage on its own, in seconds; 0 turns it off.
+    pub interval_secs: u64,
+    /// Untagged manifests younger than this are kept, as if tagged.
+    pub untagged_retention_secs: u64,
+    /// Blobs linked to a repository more recently than this are kept even when no manifest
+    /// references them yet (a push uploads blobs before its manifest).
+    pub blob_grace_secs: u64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 0,
+            untagged_retention_secs: 7 * 24 * 3600,
+            blob_grace_secs: 3600,
+        }
+    }
+}
+
+const SECTIONS: [&str; 5] = ["server__", "storage__", "registry__", "log__", "gc__"];
 
 impl Config {
     /// Defaults, then `file` (if given), then `IMAGE_MANAGER_*` environment variables.

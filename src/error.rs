@@ -44,12 +44,14 @@ pub enum Error {
     UploadOutOfOrder { offset: u64 },
     #[error("payload too large: {0}")]
     TooLarge(String),
-    #[error("requested access to the resource is denied")]
-    Denied,
+    #[error("requested access to the resource is denied: {0}")]
+    Denied(String),
     #[error("request headers exceed {0} bytes")]
     HeadersTooLarge(usize),
     #[error("unknown endpoint")]
     NotFound,
+    #[error("invalid request: {0}")]
+    BadRequest(String),
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::StoreError),
     #[error("request body: {0}")]
@@ -77,9 +79,10 @@ impl Error {
             RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
             UploadOutOfOrder { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
             TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
-            Denied => (StatusCode::FORBIDDEN, "DENIED"),
+            Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
             HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "SIZE_INVALID"),
             NotFound => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             Body(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         }
@@ -90,6 +93,38 @@ impl Error {
             Error::Storage(_) => "internal storage error".to_string(),
             other => other.to_string(),
         }
+    }
+}
+
+/// An error rendered for the JSON APIs under `/api/v1`: RFC 9457 `application/problem+json`,
+/// with the same status as on `/v2` and the registry error code as the `code` member.
+pub struct Problem(pub Error);
+
+impl<E: Into<Error>> From<E> for Problem {
+    fn from(e: E) -> Self {
+        Problem(e.into())
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let (status, code) = self.0.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self.0, "request failed");
+        }
+        let body = json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": self.0.message(),
+            "code": code,
+        });
+        let mut resp = (status, axum::Json(body)).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        resp
     }
 }
 

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use image_manager::config::Config;
+use image_manager::core::gc::GcOptions;
 
 #[derive(Parser)]
 #[command(name = "image-manager", version, about = "OCI registry and ONAP image catalog")]
@@ -22,7 +23,7 @@ struct StoreArgs {
     /// Metadata database URL (sqlite://PATH, postgres://..., mysql://...).
     #[arg(long)]
     database: Option<String>,
-    /// Blob store URL (file:///path).
+    /// Blob store URL (file:///path or s3://BUCKET/PREFIX?endpoint=URL&region=R&path_style=true).
     #[arg(long)]
     storage: Option<String>,
 }
@@ -44,6 +45,28 @@ enum Command {
     Migrate {
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// Delete what no tag reaches any more: untagged manifests past their retention and the
+    /// blobs no manifest references past the grace period, bytes included. Safe while the
+    /// server runs and pushes go on.
+    Gc {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Report what would be deleted, and how many bytes, without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep untagged manifests younger than this many seconds (default: gc.untagged_retention_secs).
+        #[arg(long, value_name = "SECS")]
+        untagged_retention_secs: Option<u64>,
+        /// Keep unreferenced blobs linked more recently than this many seconds (default: gc.blob_grace_secs).
+        #[arg(long, value_name = "SECS")]
+        blob_grace_secs: Option<u64>,
+        /// Print the report as JSON, every deleted item included.
+        #[arg(long)]
+        json: bool,
+        /// List every deleted item (a dry run always does).
+        #[arg(long)]
+        verbose: bool,
     },
 }
 
@@ -107,6 +130,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(&config);
             image_manager::server::open_metadata(&config).await?;
             println!("migrations applied to {}", config.database_url());
+            Ok(())
+        }
+        Command::Gc {
+            store,
+            dry_run,
+            untagged_retention_secs,
+            blob_grace_secs,
+            json,
+            verbose,
+        } => {
+            let config = load(&store)?;
+            init_logging(&config);
+            let mut opts = GcOptions::from_config(&config.gc);
+            opts.dry_run = dry_run;
+            if let Some(s) = untagged_retention_secs {
+                opts.untagged_retention_secs = s;
+            }
+            if let Some(s) = blob_grace_secs {
+                opts.blob_grace_secs = s;
+            }
+            let meta = image_manager::server::open_metadata(&config).await?;
+            let blobs = image_manager::server::open_blobs(&config).await?;
+            let report = image_manager::core::gc::collect(&*meta, &*blobs, &opts, None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            if dry_run || verbose {
+                let verb = if dry_run { "would delete" } else { "deleted" };
+                for e in &report.deleted {
+                    let what = match &e.repository {
+                        Some(repo) => format!("{repo}@{}", e.digest),
+                        None => e.digest.clone(),
+                    };
+                    match e.size {
+                        Some(size) => println!("{verb} {} {what} ({size} bytes)", e.kind),
+                        None => println!("{verb} {} {what}", e.kind),
+                    }
+                }
+            }
+            println!("{}", report.summary());
             Ok(())
         }
     }

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::core::Registry;
 use crate::storage::fs::FsBlobStore;
+use crate::storage::s3::S3BlobStore;
 use crate::storage::sql::SqlStore;
 use crate::storage::{BlobStore, MetadataStore};
 
@@ -28,19 +29,26 @@ pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<SqlStore>> {
 }
 
 /// Open the blob store named by the configuration.
-pub fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+pub async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     let url = config.blobs_url();
-    match url.strip_prefix("file://") {
-        Some(path) => Ok(Arc::new(
+    if let Some(path) = url.strip_prefix("file://") {
+        return Ok(Arc::new(
             FsBlobStore::open(path, config.storage.fsync).context("opening blob directory")?,
-        )),
-        None => bail!("unsupported blob store URL {url:?} (expected file:///path)"),
+        ));
     }
+    if url.starts_with("s3://") {
+        return Ok(Arc::new(
+            S3BlobStore::open(&url, config.storage.redirect)
+                .await
+                .context("opening S3 blob store")?,
+        ));
+    }
+    bail!("unsupported blob store URL {url:?} (expected file:///path or s3://bucket/prefix)")
 }
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let meta: Arc<dyn MetadataStore> = open_metadata(&config).await?;
-    let blobs = open_blobs(&config)?;
+    let blobs = open_blobs(&config).await?;
     let registry = Arc::new(Registry::new(blobs, meta, config.registry.clone()));
 
     let listener = TcpListener::bind(&config.server.listen)
@@ -49,6 +57,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.server.data_dir.display(), "image-manager serving");
 
     let sweeper = tokio::spawn(sweep_uploads(registry.clone()));
+    let (gc_stop, gc_stop_rx) = tokio::sync::watch::channel(false);
+    let collector = (config.gc.interval_secs > 0)
+        .then(|| tokio::spawn(collect_garbage(registry.clone(), config.gc.clone(), gc_stop_rx)));
     let app = crate::http::router(registry);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_wait = stop_rx.clone();
@@ -70,7 +81,49 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let _ = stop_wait.wait_for(|s| *s).await;
     sweeper.abort();
+    if let Some(mut collector) = collector {
+        // A collection in progress stops between two removals.
+        let _ = gc_stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(10), &mut collector)
+            .await
+            .is_err()
+        {
+            collector.abort();
+        }
+    }
     Ok(())
+}
+
+/// Collect garbage every `gc.interval_secs` until `stop` turns true.
+async fn collect_garbage(
+    registry: Arc<Registry>,
+    gc: crate::config::GcConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = Duration::from_secs(gc.interval_secs.max(1));
+    let opts = crate::core::gc::GcOptions::from_config(&gc);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let run = crate::core::gc::collect(&*registry.meta, &*registry.blobs, &opts, Some(&stop)).await;
+        match run {
+            Ok(r) => tracing::info!(
+                manifests = r.manifests,
+                manifest_bytes = r.manifest_bytes,
+                blobs = r.blobs,
+                blob_bytes = r.blob_bytes,
+                manifest_links = r.manifest_links,
+                blob_links = r.blob_links,
+                kept = r.kept,
+                conflicts = r.conflicts,
+                "garbage collection: {}",
+                r.summary()
+            ),
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        }
+    }
 }
 
 /// Periodically remove upload sessions that were abandoned.

@@ -1,6 +1,7 @@
 //! The registry core: what a repository holds and the rules for changing it. HTTP surfaces call
 //! these methods; these methods reach storage only through [`BlobStore`] and [`MetadataStore`].
 
+pub mod gc;
 pub mod manifest;
 pub mod names;
 pub mod uploads;
@@ -59,6 +60,33 @@ impl Registry {
             config,
             hashers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The quota of namespace `ns`: its own, else the configured default (0: none).
+    pub async fn quota_of(&self, ns: &str) -> Result<Option<u64>> {
+        let own = self.meta.namespace_quota(ns).await?;
+        Ok(own.or(Some(self.config.default_quota_bytes).filter(|q| *q > 0)))
+    }
+
+    /// Refuse a blob of `size` bytes that would take `repo`'s namespace over its quota. A blob
+    /// the namespace already holds costs nothing; a full namespace refuses even empty uploads.
+    pub async fn check_quota(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+        let ns = repo.namespace();
+        let Some(quota) = self.quota_of(ns).await? else {
+            return Ok(());
+        };
+        let usage = self.meta.namespace_usage(ns).await?;
+        let over = if size == 0 {
+            usage >= quota
+        } else {
+            usage.saturating_add(size) > quota
+        };
+        if over && !(size > 0 && self.meta.namespace_has_blob(ns, digest.as_str()).await?) {
+            return Err(Error::Denied(format!(
+                "namespace {ns:?} is over its storage quota: {usage} of {quota} bytes used, this blob needs {size} more"
+            )));
+        }
+        Ok(())
     }
 
     fn ensure_deletes(&self) -> Result<()> {

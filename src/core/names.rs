@@ -38,6 +38,10 @@ impl RepoName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// The namespace: the first path segment, where quotas and (later) access rules attach.
+    pub fn namespace(&self) -> &str {
+        self.0.split('/').next().unwrap_or(&self.0)
+    }
 }
 
 impl fmt::Display for RepoName {

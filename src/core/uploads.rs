@@ -79,6 +79,7 @@ impl Registry {
     }
 
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadState> {
+        self.check_quota(repo, &Digest::sha256(b""), 0).await?;
         let id = uuid::Uuid::new_v4().to_string();
         self.blobs.upload_create(&id).await?;
         self.meta.upload_create(&id, repo.as_str()).await?;
@@ -90,6 +91,7 @@ impl Registry {
         if let Some(from) = from {
             if let Some(size) = self.meta.repo_blob_size(from.as_str(), digest.as_str()).await? {
                 if self.blobs.stat(digest).await?.is_some() {
+                    self.check_quota(repo, digest, size).await?;
                     self.meta.link_blob(repo.as_str(), digest.as_str(), size).await?;
                     return Ok(Mount::Mounted);
                 }
@@ -227,6 +229,7 @@ impl Registry {
     /// the bytes are still in place (a collector may have just removed an unreferenced copy)
     /// and place them again if not; only then drop the upload data.
     async fn commit_blob(&self, repo: &RepoName, id: &str, digest: &Digest, size: u64, session: bool) -> Result<()> {
+        self.check_quota(repo, digest, size).await?;
         self.blobs.upload_commit(id, digest).await?;
         if session {
             self.meta
@@ -236,6 +239,13 @@ impl Registry {
             self.meta.link_blob(repo.as_str(), digest.as_str(), size).await?;
         }
         if self.blobs.stat(digest).await?.is_none() {
+            // A collection removed an unreferenced copy meanwhile. When this upload's own data
+            // was the copy placed, nothing is left to place again: the client pushes anew.
+            if self.blobs.upload_size(id).await?.is_none() {
+                return Err(Error::BlobUploadInvalid(format!(
+                    "{digest} was garbage-collected while it was being committed; push it again"
+                )));
+            }
             self.blobs.upload_commit(id, digest).await?;
         }
         self.blobs.upload_abort(id).await?;

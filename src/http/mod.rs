@@ -1,6 +1,7 @@
 //! HTTP surfaces: the `/v2` registry API ([`registry`]) and the health endpoints. Later
 //! surfaces (catalog API, portal) are nested here beside them.
 
+pub mod api;
 pub mod registry;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", any(registry::dispatch))
         .route("/v2/", any(registry::dispatch))
         .route("/v2/{*path}", any(registry::dispatch))
+        .merge(api::router())
         .with_state(state)
         .layer(axum::middleware::from_fn(limit_headers))
         .layer(CatchPanicLayer::custom(|_| {

@@ -84,6 +84,16 @@ impl Query {
             .map(|(_, v)| v.clone())
             .collect()
     }
+    /// The `last` of a paginated listing: a name or tag, so printable ASCII.
+    fn last(&self) -> Result<Option<&str>> {
+        match self.get("last") {
+            Some(l) if !l.bytes().all(|b| b.is_ascii_graphic()) => {
+                Err(Error::Unsupported(format!("invalid pagination parameter last={l:?}")))
+            }
+            other => Ok(other),
+        }
+    }
+
     fn page_size(&self) -> Result<Option<u32>> {
         match self.get("n") {
             None | Some("") => Ok(None),
@@ -134,8 +144,18 @@ pub async fn dispatch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let may_have_body = matches!(method, Method::PUT | Method::PATCH | Method::POST);
     let result = handle(&reg, &method, &uri, &headers, body).await;
-    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    let mut resp = result.unwrap_or_else(|e| {
+        let mut resp = e.into_response();
+        if may_have_body {
+            // The request body may be unread: say the connection ends here, so the client
+            // does not send its next request on a connection the server is about to close.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    });
     resp.headers_mut()
         .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     resp
@@ -152,7 +172,7 @@ async fn handle(reg: &Registry, method: &Method, uri: &Uri, headers: &HeaderMap,
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from("{}"))),
         (Route::Catalog, Method::GET) => {
-            let page = reg.catalog(q.page_size()?, q.get("last")).await?;
+            let page = reg.catalog(q.page_size()?, q.last()?).await?;
             Ok(listing(
                 page,
                 "/v2/_catalog",
@@ -161,7 +181,7 @@ async fn handle(reg: &Registry, method: &Method, uri: &Uri, headers: &HeaderMap,
         }
         (Route::Tags(name), Method::GET) => {
             let repo = RepoName::parse(name)?;
-            let page = reg.tags(&repo, q.page_size()?, q.get("last")).await?;
+            let page = reg.tags(&repo, q.page_size()?, q.last()?).await?;
             let path = format!("/v2/{repo}/tags/list");
             Ok(listing(
                 page,
@@ -230,6 +250,16 @@ async fn handle(reg: &Registry, method: &Method, uri: &Uri, headers: &HeaderMap,
             if head {
                 let size = reg.stat_blob(&repo, &digest).await?;
                 return Ok(blob_headers(StatusCode::OK, &digest, size).done());
+            }
+            // `storage.redirect` with a store that presigns (S3): the client fetches the bytes,
+            // Range included, from the store, once we know the blob is readable here.
+            if let Some(location) = reg.blobs.redirect_url(&digest).await? {
+                reg.stat_blob(&repo, &digest).await?;
+                return Ok(Reply::new(StatusCode::TEMPORARY_REDIRECT)
+                    .header(header::LOCATION, location)
+                    .header(CONTENT_DIGEST, digest.as_str())
+                    .header(header::CONTENT_LENGTH, "0")
+                    .done());
             }
             let range = header_str(headers, header::RANGE).and_then(parse_range);
             let blob = reg.get_blob(&repo, &digest, range).await?;

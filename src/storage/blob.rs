@@ -54,6 +54,45 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Readiness: the backend answers.
     async fn check(&self) -> Result<(), StoreError>;
+
+    /// A URL where clients may fetch blob `digest` themselves (a presigned URL), when the
+    /// backend and its configuration offer one; `None` means the bytes are served by us.
+    async fn redirect_url(&self, _digest: &Digest) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    // Garbage collection removes bytes in two steps, so that an upload of the same digest
+    // running at the same time can never lose them (the argument is in `core::gc`):
+    // `trash` moves them out of the way, the collector re-checks the metadata, then either
+    // `restore`s or `purge`s them. The contract every backend must keep:
+    //
+    // * after `trash` returns, `stat` reports the blob absent and `upload_commit` places new
+    //   bytes at its final location as for a blob never stored;
+    // * the trashed copy stays readable until `restore` or `purge` of its token, and is
+    //   listed by `trashed` (a collector that stopped half-way is finished by the next one);
+    // * none of the three ever touches bytes placed at the final location after the trash,
+    //   except `restore`, which may replace them with the identical trashed content.
+    //
+    // The defaults refuse, and the collector then keeps every blob's bytes and metadata.
+
+    /// Move committed blob `digest` out of its final location; returns the token naming the
+    /// trashed copy, or `None` when the blob was not stored.
+    async fn trash(&self, _digest: &Digest) -> Result<Option<String>, StoreError> {
+        Err(StoreError::Other("this blob store cannot trash blobs".into()))
+    }
+    /// Put the trashed copy `token` back as blob `digest`, unless the blob is stored again
+    /// already (then the trashed copy is dropped). An unknown token is not an error.
+    async fn restore(&self, _digest: &Digest, _token: &str) -> Result<(), StoreError> {
+        Err(StoreError::Other("this blob store cannot trash blobs".into()))
+    }
+    /// Delete the trashed copy `token` for good; an unknown token is not an error.
+    async fn purge(&self, _token: &str) -> Result<(), StoreError> {
+        Err(StoreError::Other("this blob store cannot trash blobs".into()))
+    }
+    /// Trashed copies still waiting for `restore` or `purge`, with their digests.
+    async fn trashed(&self) -> Result<Vec<(Digest, String)>, StoreError> {
+        Err(StoreError::Other("this blob store cannot trash blobs".into()))
+    }
 }
 
 /// Sequential writer of one upload's bytes.

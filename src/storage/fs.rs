@@ -49,6 +49,20 @@ impl FsBlobStore {
         uuid::Uuid::parse_str(id).map_err(|_| StoreError::Other(format!("bad upload id {id:?}")))?;
         Ok(self.root.join("uploads").join(id))
     }
+
+    /// Where the trashed copy `token` lives: `trash/<algorithm>-<hex>.<uuid>`.
+    fn trash_path(&self, token: &str) -> Result<PathBuf, StoreError> {
+        trash_token_digest(token).ok_or_else(|| StoreError::Other(format!("bad trash token {token:?}")))?;
+        Ok(self.root.join("trash").join(token))
+    }
+}
+
+/// The digest a trash token `<algorithm>-<hex>.<uuid>` names, if it is one.
+fn trash_token_digest(token: &str) -> Option<Digest> {
+    let (name, id) = token.rsplit_once('.')?;
+    uuid::Uuid::parse_str(id).ok()?;
+    let (algo, hex) = name.split_once('-')?;
+    Digest::parse(&format!("{algo}:{hex}")).ok()
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T, StoreError> {
@@ -249,6 +263,83 @@ impl BlobStore for FsBlobStore {
                 return Err(io::Error::other("upload directory is read-only"));
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn trash(&self, digest: &Digest) -> Result<Option<String>, StoreError> {
+        let algo = match digest.algorithm() {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+        };
+        let token = format!("{algo}-{}.{}", digest.hex(), uuid::Uuid::new_v4());
+        let src = self.blob_path(digest);
+        let dst = self.trash_path(&token)?;
+        blocking(move || {
+            if let Some(dir) = dst.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            // One rename: whatever is at the final location moves, atomically.
+            match fs::rename(&src, &dst) {
+                Ok(()) => Ok(Some(token)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn restore(&self, digest: &Digest, token: &str) -> Result<(), StoreError> {
+        let src = self.trash_path(token)?;
+        let dst = self.blob_path(digest);
+        let fsync = self.fsync;
+        blocking(move || {
+            if !src.exists() {
+                return Ok(());
+            }
+            if dst.exists() {
+                // Stored again meanwhile (same content): the trashed copy is not needed.
+                return not_found_is_none(fs::remove_file(&src)).map(|_| ());
+            }
+            let dir = dst
+                .parent()
+                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            fs::create_dir_all(dir)?;
+            // A concurrent upload may place the same content here too: either rename leaves
+            // a complete copy.
+            match fs::rename(&src, &dst) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            if fsync {
+                sync_dir(dir)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge(&self, token: &str) -> Result<(), StoreError> {
+        let path = self.trash_path(token)?;
+        blocking(move || not_found_is_none(fs::remove_file(path)).map(|_| ())).await
+    }
+
+    async fn trashed(&self) -> Result<Vec<(Digest, String)>, StoreError> {
+        let dir = self.root.join("trash");
+        blocking(move || {
+            let Some(entries) = not_found_is_none(fs::read_dir(dir))? else {
+                return Ok(Vec::new());
+            };
+            let mut found = Vec::new();
+            for entry in entries {
+                let name = entry?.file_name();
+                let Some(token) = name.to_str() else { continue };
+                if let Some(digest) = trash_token_digest(token) {
+                    found.push((digest, token.to_string()));
+                }
+            }
+            Ok(found)
         })
         .await
     }

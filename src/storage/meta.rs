@@ -99,10 +99,142 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Repository names in lexical order after `last`.
     async fn repositories(&self, limit: u32, last: Option<&str>) -> Result<Vec<String>, StoreError>;
     /// Manifests in `repo` whose subject is `subject`.
+    /// Bytes of the distinct blobs readable in the repositories of namespace `ns`.
+    async fn namespace_usage(&self, ns: &str) -> Result<u64, StoreError>;
+    /// Whether a repository of namespace `ns` may read blob `digest`.
+    async fn namespace_has_blob(&self, ns: &str, digest: &str) -> Result<bool, StoreError>;
+    /// The quota set on `ns`, if any.
+    async fn namespace_quota(&self, ns: &str) -> Result<Option<u64>, StoreError>;
+    /// Set or clear (`None`) the quota of `ns`.
+    async fn set_namespace_quota(&self, ns: &str, bytes: Option<u64>) -> Result<(), StoreError>;
+    /// Namespaces that have repositories or a quota, in lexical order.
+    async fn namespaces(&self) -> Result<Vec<String>, StoreError>;
+
     async fn referrers(
         &self,
         repo: &str,
         subject: &str,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>, StoreError>;
+
+    // Garbage collection (src/core/gc.rs). The mark phase reads snapshots; every removal then
+    // runs in its own transaction that first locks the row it removes (so a push that relies
+    // on that row either committed before, and is seen, or waits until after) and re-checks
+    // that the row is still garbage. Pushes lock the rows they rely on too: `manifest_put`
+    // the blobs and child manifests it references and its own repo_manifests row, `link_blob`
+    // the blob row and link it refreshes.
+
+    /// Every repository, in id order.
+    async fn gc_repositories(&self) -> Result<Vec<GcRepository>, StoreError>;
+    /// What the mark phase needs to know about repository `repo_id`, read from one snapshot
+    /// where the database offers one.
+    async fn gc_snapshot(&self, repo_id: i64) -> Result<GcSnapshot, StoreError>;
+    /// Take manifest `digest` out of `repo` if it is still unreachable there: no tag points at
+    /// it, no manifest the repository holds lists it as an index child, it reached the
+    /// repository before `young_since` (ms), and no chain of subjects and index parents leads
+    /// from it to a tagged manifest or one younger than that. Writes a `manifest.delete` event.
+    async fn gc_remove_manifest(
+        &self,
+        repo: &GcRepository,
+        digest: &str,
+        young_since: i64,
+    ) -> Result<GcOutcome, StoreError>;
+    /// Take blob `digest` away from `repo` if no manifest the repository holds references it
+    /// and it was linked (or last re-linked) before `linked_before` (ms). Writes a
+    /// `blob.delete` event.
+    async fn gc_unlink_blob(
+        &self,
+        repo: &GcRepository,
+        digest: &str,
+        linked_before: i64,
+    ) -> Result<GcOutcome, StoreError>;
+    /// Manifests no repository holds, in digest order after `after`, at most `limit`.
+    async fn gc_orphan_manifests(&self, after: &str, limit: u32) -> Result<Vec<GcItem>, StoreError>;
+    /// Delete manifest `digest` (and its references) if still no repository holds it.
+    async fn gc_delete_manifest(&self, digest: &str) -> Result<GcOutcome, StoreError>;
+    /// Blobs no repository links, recorded before `before` (ms), in digest order after
+    /// `after`, at most `limit`.
+    async fn gc_orphan_blobs(&self, before: i64, after: &str, limit: u32) -> Result<Vec<GcItem>, StoreError>;
+    /// Delete the blob row `digest` if it was recorded before `before` (ms) and still no
+    /// repository links it, in one conditional statement. Only the metadata: the caller then
+    /// deals with the bytes (see `core::gc`).
+    async fn gc_delete_blob(&self, digest: &str, before: i64) -> Result<GcOutcome, StoreError>;
+    /// The blob row `digest`, read from the latest committed state.
+    async fn gc_blob(&self, digest: &str) -> Result<Option<GcBlobRow>, StoreError>;
+    /// Ids of the repositories that hold manifest `digest` (for dry-run predictions).
+    async fn gc_manifest_holders(&self, digest: &str) -> Result<Vec<i64>, StoreError>;
+    /// Ids of the repositories that link blob `digest` (for dry-run predictions).
+    async fn gc_blob_holders(&self, digest: &str) -> Result<Vec<i64>, StoreError>;
+    /// Record a finished collection in the event outbox (`gc.run`, size = bytes freed).
+    async fn gc_record_run(&self, freed_bytes: u64) -> Result<(), StoreError>;
+}
+
+/// A repository as garbage collection sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcRepository {
+    pub id: i64,
+    pub name: String,
+}
+
+/// A manifest a repository holds, as the mark phase sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcManifest {
+    pub digest: String,
+    /// Size of the manifest itself.
+    pub size: u64,
+    /// When the repository got it (ms since the epoch; a re-push refreshes it).
+    pub created_at: i64,
+    /// Whether a tag of the repository points at it.
+    pub tagged: bool,
+    pub subject: Option<String>,
+}
+
+/// One reference from a held manifest: `manifest` true for an index child, false for a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcRef {
+    pub parent: String,
+    pub child: String,
+    pub manifest: bool,
+}
+
+/// A blob a repository links, and when it was linked (or last re-linked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcBlobLink {
+    pub digest: String,
+    pub created_at: i64,
+}
+
+/// Everything the mark phase reads about one repository.
+#[derive(Debug, Clone, Default)]
+pub struct GcSnapshot {
+    pub manifests: Vec<GcManifest>,
+    /// References of the manifests in `manifests`.
+    pub refs: Vec<GcRef>,
+    pub blobs: Vec<GcBlobLink>,
+}
+
+/// A manifest or blob row with its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcItem {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// A blob row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcBlobRow {
+    pub size: u64,
+    pub created_at: i64,
+}
+
+/// What a guarded removal did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcOutcome {
+    Removed,
+    /// Re-checked and no longer garbage (a push got there first).
+    Kept,
+    /// Already gone.
+    Gone,
+    /// A concurrent transaction got in the way (deadlock, foreign key): left for the next run.
+    Conflict,
 }

@@ -1,7 +1,7 @@
 //! The two storage interfaces the core reaches storage through, and their backends.
 //!
 //! * [`BlobStore`]: content-addressed bytes (layers, configs, disk images) and in-progress
-//!   upload data. Backends: filesystem ([`fs::FsBlobStore`]); S3 comes next.
+//!   upload data. Backends: filesystem ([`fs::FsBlobStore`]) and S3 ([`s3::S3BlobStore`]).
 //! * [`MetadataStore`]: everything else (repositories, which blobs each may read, manifests,
 //!   tags, upload sessions, events). One SQL implementation ([`sql::SqlStore`]) serves SQLite,
 //!   PostgreSQL and MariaDB.
@@ -9,6 +9,7 @@
 pub mod blob;
 pub mod fs;
 pub mod meta;
+pub mod s3;
 pub mod sql;
 
 pub use blob::{BlobStore, BlobWriter, ByteRange, ByteStream};
@@ -22,6 +23,8 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("s3: {0}")]
+    S3(String),
     #[error("{0}")]
     Other(String),
 }

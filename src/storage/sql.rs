@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+use super::meta::{GcBlobLink, GcBlobRow, GcItem, GcManifest, GcOutcome, GcRef, GcRepository, GcSnapshot};
 use super::meta::{ManifestRecord, MetadataStore, NewManifest, PutOutcome, Referrer, UploadRecord};
 use super::{now_ms, StoreError};
 
@@ -52,6 +53,25 @@ impl Dialect {
         Cow::Owned(out)
     }
 
+    /// The type name a CAST to a 64-bit integer uses.
+    fn integer_type(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "INTEGER",
+            Dialect::Postgres => "BIGINT",
+            Dialect::MySql => "SIGNED",
+        }
+    }
+
+    /// Suffix of a SELECT that locks the rows it reads against concurrent deletes until the
+    /// transaction ends (SQLite needs none: it has one writer at a time).
+    fn for_share(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR SHARE",
+            Dialect::MySql => " LOCK IN SHARE MODE",
+        }
+    }
+
     /// `INSERT ... ` that silently keeps an existing row with the same key.
     fn insert_ignore(self, rest: &str) -> String {
         match self {
@@ -87,6 +107,29 @@ struct Event<'a> {
     tag: Option<&'a str>,
     media_type: Option<&'a str>,
     size: Option<u64>,
+}
+
+/// A nullable long text column. MariaDB reports MEDIUMTEXT to the Any driver as a BLOB, so
+/// fall back to bytes.
+fn long_text(row: &sqlx::any::AnyRow, idx: usize) -> Result<Option<String>, sqlx::Error> {
+    match row.try_get::<Option<String>, _>(idx) {
+        Ok(v) => Ok(v),
+        Err(_) => Ok(row
+            .try_get::<Option<Vec<u8>>, _>(idx)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())),
+    }
+}
+
+/// Deadlock or serialization failure: the transaction can simply be run again.
+fn is_retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            let code = d.code();
+            let code = code.as_deref().unwrap_or_default();
+            matches!(code, "40001" | "40P01" | "1213" | "1205") || d.message().contains("Deadlock found")
+        }
+        _ => false,
+    }
 }
 
 pub struct SqlStore {
@@ -146,12 +189,49 @@ impl SqlStore {
     }
 
     /// Apply the migrations of this database's dialect.
+    /// A database whose schema is newer than this binary knows is refused, so an old replica
+    /// never writes to a schema it does not understand.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self.dialect {
-            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.write).await?,
-            other => return Err(StoreError::Other(format!("no migrations for {other:?} yet"))),
+        let migrator = match self.dialect {
+            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("migrations/postgres"),
+            Dialect::MySql => sqlx::migrate!("migrations/mysql"),
+        };
+        match migrator.run(&self.write).await {
+            Err(sqlx::migrate::MigrateError::VersionMissing(v)) => Err(StoreError::Other(format!(
+                "the database schema has migration {v}, which this image-manager does not know: \
+                 it is newer than this binary; upgrade image-manager"
+            ))),
+            other => Ok(other?),
         }
-        Ok(())
+    }
+
+    /// Run a write transaction, again when the database reports a deadlock or serialization
+    /// failure (concurrent replicas on PostgreSQL or MariaDB).
+    async fn retrying<'s, T, F>(&'s self, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> futures::future::BoxFuture<'s, Result<T, StoreError>>,
+    {
+        let mut tries = 0;
+        loop {
+            match attempt().await {
+                Err(StoreError::Db(e)) if tries < 8 && is_retryable(&e) => {
+                    tries += 1;
+                    tracing::debug!(error = %e, tries, "retrying transaction");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Start a write transaction. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`), so a transaction that reads before it writes waits for other processes'
+    /// writers (busy_timeout) instead of failing when it upgrades its lock.
+    async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
+            _ => self.write.begin().await?,
+        })
     }
 
     fn q<'a>(&self, sql: &'a str) -> Cow<'a, str> {
@@ -201,25 +281,39 @@ impl SqlStore {
     ) -> Result<(), StoreError> {
         let repo_id = self.ensure_repo(tx, repo).await?;
         let now = now_ms();
-        let ins = self
-            .dialect
-            .insert_ignore("blobs (digest, size, created_at) VALUES (?, ?, ?)");
+        // A re-push refreshes created_at of the blob and of the link, and so locks both rows:
+        // garbage collection's grace period counts from the latest push, and a collector
+        // deleting either row at the same moment is waited for (core::gc).
+        let ins = self.dialect.upsert(
+            "blobs (digest, size, created_at) VALUES (?, ?, ?)",
+            "digest",
+            &["created_at"],
+        );
         sqlx::query(&self.q(&ins))
             .bind(digest)
             .bind(size as i64)
             .bind(now)
             .execute(&mut **tx)
             .await?;
+        let refreshed = sqlx::query(&self.q("UPDATE repo_blobs SET created_at = ? WHERE repo_id = ? AND digest = ?"))
+            .bind(now)
+            .bind(repo_id)
+            .bind(digest)
+            .execute(&mut **tx)
+            .await?;
         let ins = self
             .dialect
             .insert_ignore("repo_blobs (repo_id, digest, created_at) VALUES (?, ?, ?)");
-        let linked = sqlx::query(&self.q(&ins))
-            .bind(repo_id)
-            .bind(digest)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        if linked.rows_affected() > 0 {
+        let linked = refreshed.rows_affected() == 0
+            && sqlx::query(&self.q(&ins))
+                .bind(repo_id)
+                .bind(digest)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                > 0;
+        if linked {
             self.event(
                 tx,
                 Event {
@@ -233,6 +327,237 @@ impl SqlStore {
             .await?;
         }
         Ok(())
+    }
+
+    async fn link_blob_once(&self, repo: &str, digest: &str, size: u64) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        self.link_blob_tx(&mut tx, repo, digest, size).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn unlink_blob_once(&self, repo: &str, digest: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let res =
+            sqlx::query(&self.q(
+                "DELETE FROM repo_blobs WHERE digest = ? AND repo_id = (SELECT id FROM repositories WHERE name = ?)",
+            ))
+            .bind(digest)
+            .bind(repo)
+            .execute(&mut *tx)
+            .await?;
+        let gone = res.rows_affected() > 0;
+        if gone {
+            self.event(
+                &mut tx,
+                Event {
+                    kind: "blob.delete",
+                    repo,
+                    digest: Some(digest),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(gone)
+    }
+
+    async fn upload_complete_once(&self, id: &str, repo: &str, digest: &str, size: u64) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(&self.q("DELETE FROM uploads WHERE id = ?"))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        self.link_blob_tx(&mut tx, repo, digest, size).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn manifest_put_once(&self, repo: &str, m: &NewManifest, tags: &[String]) -> Result<PutOutcome, StoreError> {
+        let mut tx = self.begin().await?;
+        let repo_id = self.ensure_repo(&mut tx, repo).await?;
+
+        let mut missing = Vec::new();
+        for digest in &m.blobs {
+            let found = sqlx::query(&self.q(&format!(
+                "SELECT 1 FROM repo_blobs WHERE repo_id = ? AND digest = ?{}",
+                self.dialect.for_share()
+            )))
+            .bind(repo_id)
+            .bind(digest)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if found.is_none() {
+                missing.push(digest.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(PutOutcome::MissingBlobs(missing));
+        }
+        for digest in &m.manifests {
+            let found = sqlx::query(&self.q(&format!(
+                "SELECT 1 FROM repo_manifests WHERE repo_id = ? AND digest = ?{}",
+                self.dialect.for_share()
+            )))
+            .bind(repo_id)
+            .bind(digest)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if found.is_none() {
+                missing.push(digest.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(PutOutcome::MissingManifests(missing));
+        }
+
+        let now = now_ms();
+        // Upserts, not insert-ignores, for the manifest and its repo_manifests row: they lock
+        // an existing row, so a garbage collector removing it at the same moment is waited for
+        // (or waits) instead of deleting what this push is about to tag (core::gc).
+        let ins = self.dialect.upsert(
+            "manifests (digest, media_type, size, content, artifact_type, subject, annotations, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "digest",
+            &["created_at"],
+        );
+        sqlx::query(&self.q(&ins))
+            .bind(&m.digest)
+            .bind(&m.media_type)
+            .bind(m.content.len() as i64)
+            .bind(m.content.clone())
+            .bind(m.artifact_type.as_deref())
+            .bind(m.subject.as_deref())
+            .bind(m.annotations.as_deref())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let ins = self
+            .dialect
+            .insert_ignore("manifest_refs (digest, child, kind) VALUES (?, ?, ?)");
+        let refs = m
+            .blobs
+            .iter()
+            .map(|d| (d, "blob"))
+            .chain(m.manifests.iter().map(|d| (d, "manifest")));
+        for (child, kind) in refs {
+            sqlx::query(&self.q(&ins))
+                .bind(&m.digest)
+                .bind(child)
+                .bind(kind)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let ins = self.dialect.upsert(
+            "repo_manifests (repo_id, digest, created_at) VALUES (?, ?, ?)",
+            "repo_id, digest",
+            &["created_at"],
+        );
+        sqlx::query(&self.q(&ins))
+            .bind(repo_id)
+            .bind(&m.digest)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let pushed = Event {
+            kind: "manifest.push",
+            repo,
+            digest: Some(&m.digest),
+            media_type: Some(&m.media_type),
+            size: Some(m.content.len() as u64),
+            ..Default::default()
+        };
+        if tags.is_empty() {
+            self.event(&mut tx, pushed).await?;
+        }
+        let up = self.dialect.upsert(
+            "tags (repo_id, name, digest, updated_at) VALUES (?, ?, ?, ?)",
+            "repo_id, name",
+            &["digest", "updated_at"],
+        );
+        for tag in tags {
+            sqlx::query(&self.q(&up))
+                .bind(repo_id)
+                .bind(tag)
+                .bind(&m.digest)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            self.event(
+                &mut tx,
+                Event {
+                    tag: Some(tag),
+                    ..pushed
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(PutOutcome::Stored)
+    }
+
+    async fn manifest_delete_once(&self, repo: &str, digest: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let Some(row) = sqlx::query(&self.q("SELECT id FROM repositories WHERE name = ?"))
+            .bind(repo)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let repo_id: i64 = row.try_get(0)?;
+        sqlx::query(&self.q("DELETE FROM tags WHERE repo_id = ? AND digest = ?"))
+            .bind(repo_id)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        let res = sqlx::query(&self.q("DELETE FROM repo_manifests WHERE repo_id = ? AND digest = ?"))
+            .bind(repo_id)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        let gone = res.rows_affected() > 0;
+        if gone {
+            self.event(
+                &mut tx,
+                Event {
+                    kind: "manifest.delete",
+                    repo,
+                    digest: Some(digest),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(gone)
+    }
+
+    async fn tag_delete_once(&self, repo: &str, tag: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let res = sqlx::query(
+            &self.q("DELETE FROM tags WHERE name = ? AND repo_id = (SELECT id FROM repositories WHERE name = ?)"),
+        )
+        .bind(tag)
+        .bind(repo)
+        .execute(&mut *tx)
+        .await?;
+        let gone = res.rows_affected() > 0;
+        if gone {
+            self.event(
+                &mut tx,
+                Event {
+                    kind: "tag.delete",
+                    repo,
+                    tag: Some(tag),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(gone)
     }
 
     async fn manifest_row(
@@ -279,37 +604,12 @@ impl MetadataStore for SqlStore {
     }
 
     async fn link_blob(&self, repo: &str, digest: &str, size: u64) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        self.link_blob_tx(&mut tx, repo, digest, size).await?;
-        tx.commit().await?;
-        Ok(())
+        self.retrying(|| Box::pin(self.link_blob_once(repo, digest, size)))
+            .await
     }
 
     async fn unlink_blob(&self, repo: &str, digest: &str) -> Result<bool, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let res =
-            sqlx::query(&self.q(
-                "DELETE FROM repo_blobs WHERE digest = ? AND repo_id = (SELECT id FROM repositories WHERE name = ?)",
-            ))
-            .bind(digest)
-            .bind(repo)
-            .execute(&mut *tx)
-            .await?;
-        let gone = res.rows_affected() > 0;
-        if gone {
-            self.event(
-                &mut tx,
-                Event {
-                    kind: "blob.delete",
-                    repo,
-                    digest: Some(digest),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(gone)
+        self.retrying(|| Box::pin(self.unlink_blob_once(repo, digest))).await
     }
 
     async fn upload_create(&self, id: &str, repo: &str) -> Result<(), StoreError> {
@@ -351,14 +651,8 @@ impl MetadataStore for SqlStore {
     }
 
     async fn upload_complete(&self, id: &str, repo: &str, digest: &str, size: u64) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        sqlx::query(&self.q("DELETE FROM uploads WHERE id = ?"))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        self.link_blob_tx(&mut tx, repo, digest, size).await?;
-        tx.commit().await?;
-        Ok(())
+        self.retrying(|| Box::pin(self.upload_complete_once(id, repo, digest, size)))
+            .await
     }
 
     async fn upload_delete(&self, id: &str) -> Result<bool, StoreError> {
@@ -378,113 +672,7 @@ impl MetadataStore for SqlStore {
     }
 
     async fn manifest_put(&self, repo: &str, m: &NewManifest, tags: &[String]) -> Result<PutOutcome, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let repo_id = self.ensure_repo(&mut tx, repo).await?;
-
-        let mut missing = Vec::new();
-        for digest in &m.blobs {
-            let found = sqlx::query(&self.q("SELECT 1 FROM repo_blobs WHERE repo_id = ? AND digest = ?"))
-                .bind(repo_id)
-                .bind(digest)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if found.is_none() {
-                missing.push(digest.clone());
-            }
-        }
-        if !missing.is_empty() {
-            return Ok(PutOutcome::MissingBlobs(missing));
-        }
-        for digest in &m.manifests {
-            let found = sqlx::query(&self.q("SELECT 1 FROM repo_manifests WHERE repo_id = ? AND digest = ?"))
-                .bind(repo_id)
-                .bind(digest)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if found.is_none() {
-                missing.push(digest.clone());
-            }
-        }
-        if !missing.is_empty() {
-            return Ok(PutOutcome::MissingManifests(missing));
-        }
-
-        let now = now_ms();
-        let ins = self.dialect.insert_ignore(
-            "manifests (digest, media_type, size, content, artifact_type, subject, annotations, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        );
-        sqlx::query(&self.q(&ins))
-            .bind(&m.digest)
-            .bind(&m.media_type)
-            .bind(m.content.len() as i64)
-            .bind(m.content.clone())
-            .bind(m.artifact_type.as_deref())
-            .bind(m.subject.as_deref())
-            .bind(m.annotations.as_deref())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        let ins = self
-            .dialect
-            .insert_ignore("manifest_refs (digest, child, kind) VALUES (?, ?, ?)");
-        let refs = m
-            .blobs
-            .iter()
-            .map(|d| (d, "blob"))
-            .chain(m.manifests.iter().map(|d| (d, "manifest")));
-        for (child, kind) in refs {
-            sqlx::query(&self.q(&ins))
-                .bind(&m.digest)
-                .bind(child)
-                .bind(kind)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let ins = self
-            .dialect
-            .insert_ignore("repo_manifests (repo_id, digest, created_at) VALUES (?, ?, ?)");
-        sqlx::query(&self.q(&ins))
-            .bind(repo_id)
-            .bind(&m.digest)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        let pushed = Event {
-            kind: "manifest.push",
-            repo,
-            digest: Some(&m.digest),
-            media_type: Some(&m.media_type),
-            size: Some(m.content.len() as u64),
-            ..Default::default()
-        };
-        if tags.is_empty() {
-            self.event(&mut tx, pushed).await?;
-        }
-        let up = self.dialect.upsert(
-            "tags (repo_id, name, digest, updated_at) VALUES (?, ?, ?, ?)",
-            "repo_id, name",
-            &["digest", "updated_at"],
-        );
-        for tag in tags {
-            sqlx::query(&self.q(&up))
-                .bind(repo_id)
-                .bind(tag)
-                .bind(&m.digest)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            self.event(
-                &mut tx,
-                Event {
-                    tag: Some(tag),
-                    ..pushed
-                },
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(PutOutcome::Stored)
+        self.retrying(|| Box::pin(self.manifest_put_once(repo, m, tags))).await
     }
 
     async fn manifest_by_tag(
@@ -524,66 +712,12 @@ impl MetadataStore for SqlStore {
     }
 
     async fn manifest_delete(&self, repo: &str, digest: &str) -> Result<bool, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let Some(row) = sqlx::query(&self.q("SELECT id FROM repositories WHERE name = ?"))
-            .bind(repo)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(false);
-        };
-        let repo_id: i64 = row.try_get(0)?;
-        sqlx::query(&self.q("DELETE FROM tags WHERE repo_id = ? AND digest = ?"))
-            .bind(repo_id)
-            .bind(digest)
-            .execute(&mut *tx)
-            .await?;
-        let res = sqlx::query(&self.q("DELETE FROM repo_manifests WHERE repo_id = ? AND digest = ?"))
-            .bind(repo_id)
-            .bind(digest)
-            .execute(&mut *tx)
-            .await?;
-        let gone = res.rows_affected() > 0;
-        if gone {
-            self.event(
-                &mut tx,
-                Event {
-                    kind: "manifest.delete",
-                    repo,
-                    digest: Some(digest),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(gone)
+        self.retrying(|| Box::pin(self.manifest_delete_once(repo, digest)))
+            .await
     }
 
     async fn tag_delete(&self, repo: &str, tag: &str) -> Result<bool, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let res = sqlx::query(
-            &self.q("DELETE FROM tags WHERE name = ? AND repo_id = (SELECT id FROM repositories WHERE name = ?)"),
-        )
-        .bind(tag)
-        .bind(repo)
-        .execute(&mut *tx)
-        .await?;
-        let gone = res.rows_affected() > 0;
-        if gone {
-            self.event(
-                &mut tx,
-                Event {
-                    kind: "tag.delete",
-                    repo,
-                    tag: Some(tag),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(gone)
+        self.retrying(|| Box::pin(self.tag_delete_once(repo, tag))).await
     }
 
     async fn tags(&self, repo: &str, limit: u32, last: Option<&str>) -> Result<Option<Vec<String>>, StoreError> {
@@ -619,6 +753,80 @@ impl MetadataStore for SqlStore {
         rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
     }
 
+    async fn namespace_usage(&self, ns: &str) -> Result<u64, StoreError> {
+        // Repositories of `ns` are `ns` itself and the names in ["ns/", "ns0"): '0' follows '/'
+        // in byte order, and every dialect here compares these names bytewise.
+        // SUM is a DECIMAL on PostgreSQL and MariaDB, which the Any driver cannot read: cast it.
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(b.size), 0) AS {}) FROM blobs b WHERE b.digest IN (\
+               SELECT rb.digest FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id \
+               WHERE r.name = ? OR (r.name >= ? AND r.name < ?))",
+            self.dialect.integer_type()
+        );
+        let row = sqlx::query(&self.q(&sql))
+            .bind(ns)
+            .bind(format!("{ns}/"))
+            .bind(format!("{ns}0"))
+            .fetch_one(&self.read)
+            .await?;
+        let total: i64 = row.try_get(0)?;
+        Ok(total.max(0) as u64)
+    }
+
+    async fn namespace_has_blob(&self, ns: &str, digest: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            &self.q("SELECT 1 FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id \
+             WHERE rb.digest = ? AND (r.name = ? OR (r.name >= ? AND r.name < ?)) LIMIT 1"),
+        )
+        .bind(digest)
+        .bind(ns)
+        .bind(format!("{ns}/"))
+        .bind(format!("{ns}0"))
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn namespace_quota(&self, ns: &str) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query(&self.q("SELECT quota_bytes FROM namespaces WHERE name = ?"))
+            .bind(ns)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<Option<i64>, _>(0)?.map(|b| b.max(0) as u64),
+            None => None,
+        })
+    }
+
+    async fn set_namespace_quota(&self, ns: &str, bytes: Option<u64>) -> Result<(), StoreError> {
+        let up = self.dialect.upsert(
+            "namespaces (name, quota_bytes, updated_at) VALUES (?, ?, ?)",
+            "name",
+            &["quota_bytes", "updated_at"],
+        );
+        sqlx::query(&self.q(&up))
+            .bind(ns)
+            .bind(bytes.map(|b| b.min(i64::MAX as u64) as i64))
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn namespaces(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT name FROM repositories UNION SELECT name FROM namespaces")
+            .fetch_all(&self.read)
+            .await?;
+        let mut names: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.try_get::<String, _>(0).ok())
+            .map(|n| n.split('/').next().unwrap_or_default().to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     async fn referrers(
         &self,
         repo: &str,
@@ -645,9 +853,479 @@ impl MetadataStore for SqlStore {
                     media_type: row.try_get(1)?,
                     size: row.try_get::<i64, _>(2)? as u64,
                     artifact_type: row.try_get(3)?,
-                    annotations: row.try_get(4)?,
+                    annotations: long_text(row, 4)?,
                 })
             })
             .collect()
+    }
+
+    async fn gc_repositories(&self) -> Result<Vec<GcRepository>, StoreError> {
+        let rows = sqlx::query("SELECT id, name FROM repositories ORDER BY id")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(GcRepository {
+                    id: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn gc_snapshot(&self, repo_id: i64) -> Result<GcSnapshot, StoreError> {
+        let begin = match self.dialect {
+            Dialect::Sqlite => "BEGIN",
+            Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            Dialect::MySql => "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+        };
+        let mut tx = self.read.begin_with(begin).await?;
+        let rows = sqlx::query(&self.q("SELECT rm.digest, m.size, rm.created_at, m.subject, \
+             (SELECT COUNT(*) FROM tags t WHERE t.repo_id = rm.repo_id AND t.digest = rm.digest) \
+             FROM repo_manifests rm JOIN manifests m ON m.digest = rm.digest WHERE rm.repo_id = ?"))
+        .bind(repo_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let manifests = rows
+            .iter()
+            .map(|r| {
+                Ok(GcManifest {
+                    digest: r.try_get(0)?,
+                    size: r.try_get::<i64, _>(1)? as u64,
+                    created_at: r.try_get(2)?,
+                    subject: r.try_get(3)?,
+                    tagged: r.try_get::<i64, _>(4)? > 0,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let rows = sqlx::query(&self.q("SELECT mr.digest, mr.child, mr.kind FROM repo_manifests rm \
+             JOIN manifest_refs mr ON mr.digest = rm.digest WHERE rm.repo_id = ?"))
+        .bind(repo_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let refs = rows
+            .iter()
+            .map(|r| {
+                Ok(GcRef {
+                    parent: r.try_get(0)?,
+                    child: r.try_get(1)?,
+                    manifest: r.try_get::<String, _>(2)? == "manifest",
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let rows = sqlx::query(&self.q("SELECT digest, created_at FROM repo_blobs WHERE repo_id = ?"))
+            .bind(repo_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let blobs = rows
+            .iter()
+            .map(|r| {
+                Ok(GcBlobLink {
+                    digest: r.try_get(0)?,
+                    created_at: r.try_get(1)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        tx.rollback().await?;
+        Ok(GcSnapshot { manifests, refs, blobs })
+    }
+
+    async fn gc_remove_manifest(
+        &self,
+        repo: &GcRepository,
+        digest: &str,
+        young_since: i64,
+    ) -> Result<GcOutcome, StoreError> {
+        self.gc_guarded(|| Box::pin(self.gc_remove_manifest_once(repo, digest, young_since)))
+            .await
+    }
+
+    async fn gc_unlink_blob(
+        &self,
+        repo: &GcRepository,
+        digest: &str,
+        linked_before: i64,
+    ) -> Result<GcOutcome, StoreError> {
+        self.gc_guarded(|| Box::pin(self.gc_unlink_blob_once(repo, digest, linked_before)))
+            .await
+    }
+
+    async fn gc_orphan_manifests(&self, after: &str, limit: u32) -> Result<Vec<GcItem>, StoreError> {
+        let rows = sqlx::query(&self.q("SELECT m.digest, m.size FROM manifests m WHERE m.digest > ? \
+             AND NOT EXISTS (SELECT 1 FROM repo_manifests rm WHERE rm.digest = m.digest) \
+             ORDER BY m.digest LIMIT ?"))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        gc_items(&rows)
+    }
+
+    async fn gc_delete_manifest(&self, digest: &str) -> Result<GcOutcome, StoreError> {
+        self.gc_guarded(|| Box::pin(self.gc_delete_manifest_once(digest))).await
+    }
+
+    async fn gc_orphan_blobs(&self, before: i64, after: &str, limit: u32) -> Result<Vec<GcItem>, StoreError> {
+        let rows = sqlx::query(&self.q(
+            "SELECT b.digest, b.size FROM blobs b WHERE b.digest > ? AND b.created_at < ? \
+             AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest) \
+             ORDER BY b.digest LIMIT ?",
+        ))
+        .bind(after)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        gc_items(&rows)
+    }
+
+    async fn gc_delete_blob(&self, digest: &str, before: i64) -> Result<GcOutcome, StoreError> {
+        self.gc_guarded(|| {
+            Box::pin(async move {
+                // One statement: a link committed before it is seen (or, racing it, trips
+                // the foreign key), so a blob a push just linked is never deleted.
+                let res = sqlx::query(&self.q("DELETE FROM blobs WHERE digest = ? AND created_at < ? \
+                     AND NOT EXISTS (SELECT 1 FROM repo_blobs WHERE repo_blobs.digest = blobs.digest)"))
+                .bind(digest)
+                .bind(before)
+                .execute(&self.write)
+                .await?;
+                Ok(if res.rows_affected() > 0 {
+                    GcOutcome::Removed
+                } else {
+                    GcOutcome::Kept
+                })
+            })
+        })
+        .await
+    }
+
+    async fn gc_blob(&self, digest: &str) -> Result<Option<GcBlobRow>, StoreError> {
+        let row = sqlx::query(&self.q("SELECT size, created_at FROM blobs WHERE digest = ?"))
+            .bind(digest)
+            .fetch_optional(&self.read)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(GcBlobRow {
+            size: row.try_get::<i64, _>(0)? as u64,
+            created_at: row.try_get(1)?,
+        }))
+    }
+
+    async fn gc_manifest_holders(&self, digest: &str) -> Result<Vec<i64>, StoreError> {
+        let rows = sqlx::query(&self.q("SELECT repo_id FROM repo_manifests WHERE digest = ?"))
+            .bind(digest)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
+    }
+
+    async fn gc_blob_holders(&self, digest: &str) -> Result<Vec<i64>, StoreError> {
+        let rows = sqlx::query(&self.q("SELECT repo_id FROM repo_blobs WHERE digest = ?"))
+            .bind(digest)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
+    }
+
+    async fn gc_record_run(&self, freed_bytes: u64) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        self.event(
+            &mut tx,
+            Event {
+                kind: "gc.run",
+                size: Some(freed_bytes),
+                ..Default::default()
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// How many manifests the re-check of one removal walks up through (subjects, index parents)
+/// before it gives up and keeps the manifest.
+const GC_WALK_LIMIT: usize = 10_000;
+
+fn gc_items(rows: &[sqlx::any::AnyRow]) -> Result<Vec<GcItem>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok(GcItem {
+                digest: r.try_get(0)?,
+                size: r.try_get::<i64, _>(1)? as u64,
+            })
+        })
+        .collect()
+}
+
+/// A manifest as a removal re-check reads it, under its row lock.
+struct GcNode {
+    created_at: i64,
+    tags: i64,
+    subject: Option<String>,
+}
+
+/// Garbage collection's guarded removals: each runs in one transaction that locks the row it
+/// removes before it reads anything, so it reads every push that committed before the lock
+/// and any push that needs the row waits for it (pushes lock what they rely on: see the
+/// `MetadataStore` trait).
+impl SqlStore {
+    /// Run a removal; a deadlock or serialization failure runs it again (a few times), and a
+    /// foreign key violation (a push re-created a reference at the same moment) or a conflict
+    /// that persists leaves the row for the next collection.
+    async fn gc_guarded<'s, F>(&'s self, mut attempt: F) -> Result<GcOutcome, StoreError>
+    where
+        F: FnMut() -> futures::future::BoxFuture<'s, Result<GcOutcome, StoreError>>,
+    {
+        let mut tries = 0;
+        loop {
+            match attempt().await {
+                Err(StoreError::Db(e)) if is_retryable(&e) && tries < 3 => tries += 1,
+                Err(StoreError::Db(e))
+                    if is_retryable(&e)
+                        || matches!(&e, sqlx::Error::Database(d)
+                            if d.kind() == sqlx::error::ErrorKind::ForeignKeyViolation) =>
+                {
+                    tracing::debug!(error = %e, "garbage collection: concurrent change, row left for next run");
+                    return Ok(GcOutcome::Conflict);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Begin a removal's transaction on `conn`. SQLite: BEGIN IMMEDIATE takes the write lock
+    /// first, so no other writer (another process included) commits in between. MariaDB:
+    /// READ COMMITTED, so each read sees what committed before it (at the default REPEATABLE
+    /// READ, reads would keep the snapshot of the first one even after a later lock wait).
+    /// PostgreSQL's default READ COMMITTED already does.
+    async fn gc_begin<'c>(
+        &self,
+        conn: &'c mut sqlx::pool::PoolConnection<Any>,
+    ) -> Result<Transaction<'c, Any>, StoreError> {
+        let conn: &'c mut sqlx::AnyConnection = conn;
+        Ok(match self.dialect {
+            Dialect::Sqlite => sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE").await?,
+            Dialect::MySql => {
+                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+                sqlx::Connection::begin(conn).await?
+            }
+            Dialect::Postgres => sqlx::Connection::begin(conn).await?,
+        })
+    }
+
+    /// Lock the repo_manifests row (repo, digest); false when there is none.
+    async fn gc_lock_manifest(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        repo_id: i64,
+        digest: &str,
+    ) -> Result<bool, StoreError> {
+        let res =
+            sqlx::query(&self.q("UPDATE repo_manifests SET created_at = created_at WHERE repo_id = ? AND digest = ?"))
+                .bind(repo_id)
+                .bind(digest)
+                .execute(&mut **tx)
+                .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn gc_node(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        repo_id: i64,
+        digest: &str,
+    ) -> Result<Option<GcNode>, StoreError> {
+        let row = sqlx::query(&self.q("SELECT rm.created_at, \
+             (SELECT COUNT(*) FROM tags t WHERE t.repo_id = rm.repo_id AND t.digest = rm.digest), m.subject \
+             FROM repo_manifests rm JOIN manifests m ON m.digest = rm.digest \
+             WHERE rm.repo_id = ? AND rm.digest = ?"))
+        .bind(repo_id)
+        .bind(digest)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(GcNode {
+            created_at: row.try_get(0)?,
+            tags: row.try_get(1)?,
+            subject: row.try_get(2)?,
+        }))
+    }
+
+    /// Indexes held by the repository that list `digest` as a child.
+    async fn gc_parents(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        repo_id: i64,
+        digest: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(&self.q(
+            "SELECT mr.digest FROM manifest_refs mr JOIN repo_manifests rm ON rm.digest = mr.digest \
+             WHERE rm.repo_id = ? AND mr.child = ? AND mr.kind = 'manifest'",
+        ))
+        .bind(repo_id)
+        .bind(digest)
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
+    }
+
+    /// Whether locked manifest `digest` is garbage in the repository: untagged, older than
+    /// `young_since`, no index of the repository lists it, and no chain of subjects and index
+    /// parents leads up to a tagged or young manifest. Each manifest on the way is locked
+    /// before it is read, so none of them can be tagged by a push in flight unnoticed.
+    async fn gc_is_garbage(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        repo_id: i64,
+        digest: &str,
+        young_since: i64,
+    ) -> Result<bool, StoreError> {
+        let Some(node) = self.gc_node(tx, repo_id, digest).await? else {
+            return Ok(false);
+        };
+        if node.tags > 0 || node.created_at >= young_since {
+            return Ok(false);
+        }
+        if !self.gc_parents(tx, repo_id, digest).await?.is_empty() {
+            return Ok(false);
+        }
+        let mut seen = std::collections::HashSet::from([digest.to_string()]);
+        let mut todo: Vec<String> = node.subject.into_iter().collect();
+        while let Some(d) = todo.pop() {
+            if !seen.insert(d.clone()) {
+                continue;
+            }
+            if seen.len() > GC_WALK_LIMIT {
+                return Ok(false);
+            }
+            if !self.gc_lock_manifest(tx, repo_id, &d).await? {
+                continue; // not held here: no path through it
+            }
+            let Some(up) = self.gc_node(tx, repo_id, &d).await? else {
+                continue;
+            };
+            if up.tags > 0 || up.created_at >= young_since {
+                return Ok(false);
+            }
+            todo.extend(self.gc_parents(tx, repo_id, &d).await?);
+            todo.extend(up.subject);
+        }
+        Ok(true)
+    }
+
+    async fn gc_remove_manifest_once(
+        &self,
+        repo: &GcRepository,
+        digest: &str,
+        young_since: i64,
+    ) -> Result<GcOutcome, StoreError> {
+        let mut conn = self.write.acquire().await?;
+        let mut tx = self.gc_begin(&mut conn).await?;
+        if !self.gc_lock_manifest(&mut tx, repo.id, digest).await? {
+            tx.rollback().await?;
+            return Ok(GcOutcome::Gone);
+        }
+        if !self.gc_is_garbage(&mut tx, repo.id, digest, young_since).await? {
+            tx.rollback().await?;
+            return Ok(GcOutcome::Kept);
+        }
+        sqlx::query(&self.q("DELETE FROM repo_manifests WHERE repo_id = ? AND digest = ?"))
+            .bind(repo.id)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        self.event(
+            &mut tx,
+            Event {
+                kind: "manifest.delete",
+                repo: &repo.name,
+                digest: Some(digest),
+                ..Default::default()
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(GcOutcome::Removed)
+    }
+
+    async fn gc_unlink_blob_once(
+        &self,
+        repo: &GcRepository,
+        digest: &str,
+        linked_before: i64,
+    ) -> Result<GcOutcome, StoreError> {
+        let mut conn = self.write.acquire().await?;
+        let mut tx = self.gc_begin(&mut conn).await?;
+        let locked =
+            sqlx::query(&self.q("UPDATE repo_blobs SET created_at = created_at WHERE repo_id = ? AND digest = ?"))
+                .bind(repo.id)
+                .bind(digest)
+                .execute(&mut *tx)
+                .await?;
+        if locked.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(GcOutcome::Gone);
+        }
+        let row = sqlx::query(&self.q("SELECT rb.created_at, (SELECT COUNT(*) FROM manifest_refs mr \
+             JOIN repo_manifests rm ON rm.digest = mr.digest \
+             WHERE rm.repo_id = rb.repo_id AND mr.child = rb.digest) \
+             FROM repo_blobs rb WHERE rb.repo_id = ? AND rb.digest = ?"))
+        .bind(repo.id)
+        .bind(digest)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let keep = match &row {
+            None => Some(GcOutcome::Gone),
+            Some(row) => {
+                let linked_at: i64 = row.try_get(0)?;
+                let referenced: i64 = row.try_get(1)?;
+                (linked_at >= linked_before || referenced > 0).then_some(GcOutcome::Kept)
+            }
+        };
+        if let Some(outcome) = keep {
+            tx.rollback().await?;
+            return Ok(outcome);
+        }
+        sqlx::query(&self.q("DELETE FROM repo_blobs WHERE repo_id = ? AND digest = ?"))
+            .bind(repo.id)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        self.event(
+            &mut tx,
+            Event {
+                kind: "blob.delete",
+                repo: &repo.name,
+                digest: Some(digest),
+                ..Default::default()
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(GcOutcome::Removed)
+    }
+
+    async fn gc_delete_manifest_once(&self, digest: &str) -> Result<GcOutcome, StoreError> {
+        let mut conn = self.write.acquire().await?;
+        let mut tx = self.gc_begin(&mut conn).await?;
+        // A push that holds the manifest again either committed (seen here) or is in flight:
+        // then its repo_manifests row trips the foreign key, on its side or on ours.
+        let res = sqlx::query(&self.q("DELETE FROM manifests WHERE digest = ? \
+             AND NOT EXISTS (SELECT 1 FROM repo_manifests rm WHERE rm.digest = manifests.digest)"))
+        .bind(digest)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(GcOutcome::Kept);
+        }
+        sqlx::query(&self.q("DELETE FROM manifest_refs WHERE digest = ?"))
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(GcOutcome::Removed)
     }
 }
