@@ -304,7 +304,7 @@ def test_online_schedule_collects():
         poll(lambda: not any(has_blob(srv, repo, digest(b)) for b in old_blobs), what="old blobs collected")
         for b in new_blobs:
             assert blob_bytes(srv, repo, digest(b)) == b
-        assert "garbage collection" in srv.log()
+        poll(lambda: "garbage collection" in srv.log(), what="the collection summary in the log")
 
 
 class Pusher(threading.Thread):

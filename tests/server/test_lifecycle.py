@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -156,3 +157,29 @@ def test_abandoned_upload_expires():
         assert requests.get(location).json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
         if on_disk:
             assert list(uploads.iterdir()) == []
+
+
+def test_refuses_a_schema_newer_than_it_knows(tmp_path):
+    """A replica must not write to a schema it does not understand."""
+    import sqlite3
+
+    data = tmp_path / "data"
+    with imserver.Server(data_dir=str(data), matrix=False):
+        pass
+    db = sqlite3.connect(data / "metadata.db")
+    db.execute("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) "
+               "VALUES (99999, 'from the future', 1, x'00', 0)")
+    db.commit()
+    db.close()
+    srv = imserver.Server(data_dir=str(data), matrix=False)
+    try:
+        try:
+            srv.start(timeout=10)
+        except RuntimeError as e:
+            assert "99999" in str(e) and "newer" in str(e)
+        else:
+            raise AssertionError("server started against a newer schema")
+    finally:
+        srv.close()
+    out = subprocess.run([imserver.binary(), "migrate", "--data-dir", str(data)], capture_output=True, text=True)
+    assert out.returncode != 0 and "newer" in out.stderr
