@@ -3,8 +3,9 @@
 //! URL: `s3://BUCKET[/PREFIX][?endpoint=URL&region=R&path_style=true&buffer_dir=DIR]`; region
 //! defaults to `us-east-1`, path-style addressing is off unless asked for, the endpoint defaults
 //! to AWS's, and `buffer_dir` (where part data is staged on local disk) to the system temp dir.
-//! Credentials come from the standard AWS sources (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
-//! profile files, web identity, container and instance metadata), never from the URL.
+//! Credentials come from the standard environment variables (`AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, optionally `AWS_SESSION_TOKEN`), never from the URL. (The SDK's
+//! full provider chain, aws-config, is not linked: it would pull in three more SDK crates.)
 //!
 //! Layout under PREFIX: `blobs/<algorithm>/<first two hex>/<hex>` for committed blobs,
 //! `trash/<algorithm>-<hex>.<uuid>` for blobs garbage collection set aside, and
@@ -135,26 +136,42 @@ impl S3Url {
     }
 }
 
-/// An S3 client for `url` with rustls for TLS, and `credentials` or (`None`) those of the
-/// standard AWS sources.
+/// Credentials from the standard environment variables `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY` and (optional) `AWS_SESSION_TOKEN`.
+pub fn env_credentials() -> Result<Credentials, StoreError> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+        (Some(id), Some(secret)) => Ok(Credentials::new(
+            id,
+            secret,
+            var("AWS_SESSION_TOKEN"),
+            None,
+            "environment",
+        )),
+        _ => Err(StoreError::S3(
+            "S3 credentials missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".to_string(),
+        )),
+    }
+}
+
+/// An S3 client for `url` with rustls for TLS and static `credentials`.
 pub async fn client_for(url: &S3Url, credentials: Option<Credentials>) -> Client {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+    let mut config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
         .region(Region::new(url.region.clone()))
-        .http_client(http);
-    if let Some(credentials) = credentials {
-        loader = loader.credentials_provider(credentials);
-    }
-    let shared = loader.load().await;
-    let mut config = aws_sdk_s3::config::Builder::from(&shared)
+        .http_client(http)
         .force_path_style(url.path_style)
         // The core verifies every blob's sha256; extra CRCs would cost CPU and trailers that
         // not every S3-compatible server understands.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    if let Some(credentials) = credentials {
+        config = config.credentials_provider(credentials);
+    }
     if let Some(endpoint) = &url.endpoint {
         config = config.endpoint_url(endpoint);
     }
@@ -178,7 +195,7 @@ impl S3BlobStore {
     /// hands out presigned GET URLs.
     pub async fn open(url: &str, redirect: bool) -> Result<Self, StoreError> {
         let url = S3Url::parse(url)?;
-        let client = client_for(&url, None).await;
+        let client = client_for(&url, Some(env_credentials()?)).await;
         Ok(Self::with_client(client, &url, redirect))
     }
 
