@@ -25,6 +25,10 @@ pub struct ServerConfig {
     pub listen: String,
     pub data_dir: PathBuf,
     pub shutdown_timeout_secs: u64,
+    /// `none` (loopback only) or `token` (Docker token authentication and HTTP Basic).
+    pub auth: String,
+    /// Lifetime of the tokens the token endpoint issues.
+    pub token_ttl_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +37,8 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:5000".into(),
             data_dir: PathBuf::from("./data"),
             shutdown_timeout_secs: 30,
+            auth: "none".into(),
+            token_ttl_secs: 300,
         }
     }
 }

@@ -46,6 +46,10 @@ pub enum Error {
     TooLarge(String),
     #[error("requested access to the resource is denied: {0}")]
     Denied(String),
+    #[error("authentication required: {0}")]
+    Unauthorized(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("request headers exceed {0} bytes")]
     HeadersTooLarge(usize),
     #[error("unknown endpoint")]
@@ -80,6 +84,8 @@ impl Error {
             UploadOutOfOrder { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
             TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
             Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            Conflict(_) => (StatusCode::CONFLICT, "DENIED"),
             HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "SIZE_INVALID"),
             NotFound => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
@@ -124,6 +130,12 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"image-manager\""),
+            );
+        }
         resp
     }
 }

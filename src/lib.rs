@@ -2,6 +2,7 @@
 //!
 //! Layers: [`http`] (surfaces) → [`core`] (rules) → [`storage`] (blob store + metadata store).
 
+pub mod auth;
 pub mod config;
 pub mod core;
 pub mod error;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 
+use crate::auth::{Auth, AuthMode};
 use crate::config::Config;
 use crate::core::Registry;
 use crate::storage::fs::FsBlobStore;
@@ -49,12 +50,40 @@ pub async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let meta: Arc<dyn MetadataStore> = open_metadata(&config).await?;
     let blobs = open_blobs(&config).await?;
-    let registry = Arc::new(Registry::new(blobs, meta, config.registry.clone()));
-
+    let mode = AuthMode::parse(&config.server.auth).with_context(|| {
+        format!(
+            "server.auth (--auth) is {:?}: expected none or token",
+            config.server.auth
+        )
+    })?;
     let listener = TcpListener::bind(&config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, data_dir = %config.server.data_dir.display(), "image-manager serving");
+    let local = listener.local_addr()?;
+    if mode == AuthMode::None && !local.ip().is_loopback() {
+        bail!(
+            "refusing to serve {local} with --auth none: without authentication anyone who can reach \
+             this address could push, overwrite and delete images. Listen on a loopback address \
+             (127.0.0.1 or ::1), or use --auth token (server.auth = \"token\") after creating an \
+             admin with `image-manager user add NAME --admin --password-stdin`"
+        );
+    }
+    let auth = match mode {
+        AuthMode::None => Auth::none(),
+        AuthMode::Token => {
+            if meta.users().await?.is_empty() {
+                tracing::warn!(
+                    "no users exist yet: create the first admin with `echo PASSWORD | image-manager user add NAME \
+                     --admin --password-stdin` and the same --data-dir/--database"
+                );
+            }
+            Auth::token(&*meta, config.server.token_ttl_secs)
+                .await
+                .context("loading the token signing key")?
+        }
+    };
+    let registry = Arc::new(Registry::new(blobs, meta, config.registry.clone()).with_auth(auth));
+    tracing::info!(listen = %local, auth = %config.server.auth, data_dir = %config.server.data_dir.display(), "image-manager serving");
 
     let sweeper = tokio::spawn(sweep_uploads(registry.clone()));
     let (gc_stop, gc_stop_rx) = tokio::sync::watch::channel(false);
@@ -63,6 +92,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let app = crate::http::router(registry);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_wait = stop_rx.clone();
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|s| *s).await;

@@ -26,6 +26,8 @@ pub struct Registry {
     pub blobs: Arc<dyn BlobStore>,
     pub meta: Arc<dyn MetadataStore>,
     pub config: RegistryConfig,
+    /// Authentication mode, token keys and the access policy ([`crate::auth`]).
+    pub auth: Arc<crate::auth::Auth>,
     /// Running sha256 of upload sessions this process served last, keyed by id, with the
     /// offset it covers. Missing or stale entries are rebuilt from the stored bytes.
     hashers: Mutex<HashMap<String, (u64, Sha256)>>,
@@ -58,8 +60,15 @@ impl Registry {
             blobs,
             meta,
             config,
+            auth: Arc::new(crate::auth::Auth::none()),
             hashers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same registry with access control `auth`.
+    pub fn with_auth(mut self, auth: crate::auth::Auth) -> Self {
+        self.auth = Arc::new(auth);
+        self
     }
 
     /// The quota of namespace `ns`: its own, else the configured default (0: none).
@@ -193,7 +202,13 @@ impl Registry {
         Ok(Page { items, more })
     }
 
-    pub async fn catalog(&self, n: Option<u32>, last: Option<&str>) -> Result<Page> {
+    /// Repository names after `last`; with `readable`, only those of these namespaces.
+    pub async fn catalog(
+        &self,
+        n: Option<u32>,
+        last: Option<&str>,
+        readable: Option<&std::collections::HashSet<String>>,
+    ) -> Result<Page> {
         let limit = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
         if limit == 0 {
             return Ok(Page {
@@ -201,7 +216,27 @@ impl Registry {
                 more: false,
             });
         }
-        let mut items = self.meta.repositories(limit + 1, last).await?;
+        let mut items = match readable {
+            None => self.meta.repositories(limit + 1, last).await?,
+            Some(allowed) => {
+                let mut out = Vec::new();
+                let mut cursor = last.map(str::to_string);
+                loop {
+                    let batch = self.meta.repositories(MAX_PAGE, cursor.as_deref()).await?;
+                    let done = batch.len() < MAX_PAGE as usize;
+                    cursor = batch.last().cloned();
+                    out.extend(
+                        batch
+                            .into_iter()
+                            .filter(|r| allowed.contains(r.split('/').next().unwrap_or_default())),
+                    );
+                    if done || out.len() > limit as usize {
+                        break;
+                    }
+                }
+                out
+            }
+        };
         let more = items.len() > limit as usize;
         items.truncate(limit as usize);
         Ok(Page { items, more })

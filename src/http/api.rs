@@ -1,16 +1,23 @@
-//! The `/api/v1` JSON API. For now its admin part: namespaces with their storage usage and
-//! quotas. Errors are RFC 9457 problem+json ([`Problem`]).
+//! The `/api/v1` JSON API. For now its admin part: namespaces with their storage usage,
+//! quotas, members and visibility; users and robot accounts; the audit log. Errors are
+//! RFC 9457 problem+json ([`Problem`]). Callers authenticate with HTTP Basic; what they may
+//! do is [`crate::auth`]'s decision.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use super::AppState;
+use crate::auth::{Action, Principal, Resource, Role};
 use crate::core::names::RepoName;
 use crate::error::{Error, Problem};
+use crate::storage::meta::{AuditFilter, AuditRecord, RobotRecord, UserRecord};
+use crate::storage::now_ms;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -20,7 +27,65 @@ pub fn router() -> Router<AppState> {
             "/api/v1/admin/namespaces/{ns}/quota",
             put(set_quota).delete(clear_quota),
         )
+        .route("/api/v1/admin/namespaces/{ns}/visibility", put(set_visibility))
+        .route("/api/v1/admin/namespaces/{ns}/members", get(list_members))
+        .route(
+            "/api/v1/admin/namespaces/{ns}/members/{principal}",
+            put(set_member).delete(remove_member),
+        )
+        .route("/api/v1/admin/users", get(list_users).post(add_user))
+        .route("/api/v1/admin/users/{name}", axum::routing::delete(delete_user))
+        .route("/api/v1/admin/users/{name}/disable", post(disable_user))
+        .route("/api/v1/admin/robots", get(list_robots).post(add_robot))
+        .route("/api/v1/admin/robots/{name}", axum::routing::delete(delete_robot))
+        .route("/api/v1/admin/robots/{name}/disable", post(disable_robot))
+        .route("/api/v1/admin/audit", get(list_audit))
         .fallback(|| async { Problem(Error::NotFound) })
+}
+
+/// The authenticated caller of an API request, and where from.
+struct Caller {
+    principal: Principal,
+    remote: Option<String>,
+}
+
+async fn caller(state: &AppState, parts: &Parts) -> Result<Caller, Problem> {
+    let remote = super::remote_addr(&parts.extensions);
+    let id = state
+        .auth
+        .identify(&*state.meta, &parts.headers, remote.as_deref())
+        .await?;
+    if id.token.is_some() {
+        // Tokens carry repository grants for /v2, not administration rights.
+        return Err(Problem(Error::Unauthorized("use HTTP Basic on /api/v1".into())));
+    }
+    Ok(Caller {
+        principal: id.principal,
+        remote,
+    })
+}
+
+impl Caller {
+    async fn may(&self, state: &AppState, action: Action, res: Resource<'_>) -> Result<(), Problem> {
+        Ok(state.auth.authorize(&*state.meta, &self.principal, action, res).await?)
+    }
+
+    async fn audit(&self, state: &AppState, action: &str, target: &str, ns: Option<&str>, detail: Option<String>) {
+        crate::auth::audit(
+            &*state.meta,
+            AuditRecord {
+                at: now_ms(),
+                actor: self.principal.actor(),
+                action: action.into(),
+                target: target.into(),
+                namespace: ns.map(str::to_string),
+                remote: self.remote.clone(),
+                outcome: "ok".into(),
+                detail,
+            },
+        )
+        .await;
+    }
 }
 
 /// A namespace's storage: bytes of the distinct blobs its repositories hold, and its quota.
@@ -49,6 +114,11 @@ fn namespace(ns: &str) -> Result<&str, Problem> {
     Ok(ns)
 }
 
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
+    body.map(|Json(b)| b)
+        .map_err(|e| Problem(Error::BadRequest(e.body_text())))
+}
+
 async fn usage(state: &AppState, ns: &str) -> Result<NamespaceUsage, Problem> {
     Ok(NamespaceUsage {
         name: ns.to_string(),
@@ -57,30 +127,331 @@ async fn usage(state: &AppState, ns: &str) -> Result<NamespaceUsage, Problem> {
     })
 }
 
-async fn list_namespaces(State(state): State<AppState>) -> Result<Json<Vec<NamespaceUsage>>, Problem> {
+async fn list_namespaces(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<NamespaceUsage>>, Problem> {
+    let c = caller(&state, &parts).await?;
     let mut out = Vec::new();
     for ns in state.meta.namespaces().await? {
-        out.push(usage(&state, &ns).await?);
+        if state
+            .auth
+            .allowed(&*state.meta, &c.principal, Action::Admin, Resource::Namespace(&ns))
+            .await?
+        {
+            out.push(usage(&state, &ns).await?);
+        }
+    }
+    if out.is_empty() && matches!(c.principal, Principal::Anonymous) && state.auth.enabled() {
+        return Err(Problem(Error::Unauthorized("authentication required".into())));
     }
     Ok(Json(out))
 }
 
-async fn get_namespace(State(state): State<AppState>, Path(ns): Path<String>) -> Result<Json<NamespaceUsage>, Problem> {
-    Ok(Json(usage(&state, namespace(&ns)?).await?))
+async fn get_namespace(
+    State(state): State<AppState>,
+    Path(ns): Path<String>,
+    parts: Parts,
+) -> Result<Json<NamespaceUsage>, Problem> {
+    let ns = namespace(&ns)?;
+    caller(&state, &parts)
+        .await?
+        .may(&state, Action::Admin, Resource::Namespace(ns))
+        .await?;
+    Ok(Json(usage(&state, ns).await?))
 }
 
 async fn set_quota(
     State(state): State<AppState>,
     Path(ns): Path<String>,
+    parts: Parts,
     body: Result<Json<QuotaBody>, JsonRejection>,
 ) -> Result<Json<NamespaceUsage>, Problem> {
     let ns = namespace(&ns)?;
-    let Json(body) = body.map_err(|e| Problem(Error::BadRequest(e.body_text())))?;
+    let c = caller(&state, &parts).await?;
+    c.may(&state, Action::Admin, Resource::Namespace(ns)).await?;
+    let body = json_body(body)?;
     state.meta.set_namespace_quota(ns, body.bytes).await?;
+    c.audit(
+        &state,
+        "quota.set",
+        ns,
+        Some(ns),
+        Some(format!("bytes {:?}", body.bytes)),
+    )
+    .await;
     Ok(Json(usage(&state, ns).await?))
 }
 
-async fn clear_quota(State(state): State<AppState>, Path(ns): Path<String>) -> Result<StatusCode, Problem> {
-    state.meta.set_namespace_quota(namespace(&ns)?, None).await?;
+async fn clear_quota(
+    State(state): State<AppState>,
+    Path(ns): Path<String>,
+    parts: Parts,
+) -> Result<StatusCode, Problem> {
+    let ns = namespace(&ns)?;
+    let c = caller(&state, &parts).await?;
+    c.may(&state, Action::Admin, Resource::Namespace(ns)).await?;
+    state.meta.set_namespace_quota(ns, None).await?;
+    c.audit(&state, "quota.clear", ns, Some(ns), None).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VisibilityBody {
+    public: bool,
+}
+
+async fn set_visibility(
+    State(state): State<AppState>,
+    Path(ns): Path<String>,
+    parts: Parts,
+    body: Result<Json<VisibilityBody>, JsonRejection>,
+) -> Result<Json<Value>, Problem> {
+    let ns = namespace(&ns)?;
+    let c = caller(&state, &parts).await?;
+    c.may(&state, Action::Admin, Resource::Namespace(ns)).await?;
+    let body = json_body(body)?;
+    state.meta.set_namespace_public(ns, body.public).await?;
+    c.audit(
+        &state,
+        "namespace.visibility",
+        ns,
+        Some(ns),
+        Some(format!("public {}", body.public)),
+    )
+    .await;
+    Ok(Json(json!({ "name": ns, "public": body.public })))
+}
+
+async fn list_members(
+    State(state): State<AppState>,
+    Path(ns): Path<String>,
+    parts: Parts,
+) -> Result<Json<Value>, Problem> {
+    let ns = namespace(&ns)?;
+    caller(&state, &parts)
+        .await?
+        .may(&state, Action::Admin, Resource::Namespace(ns))
+        .await?;
+    let members: Vec<Value> = state
+        .meta
+        .members(ns)
+        .await?
+        .into_iter()
+        .map(|(p, r)| json!({ "principal": p, "role": r }))
+        .collect();
+    Ok(Json(
+        json!({ "namespace": ns, "public": state.meta.namespace_public(ns).await?, "members": members }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberBody {
+    role: String,
+}
+
+async fn set_member(
+    State(state): State<AppState>,
+    Path((ns, principal)): Path<(String, String)>,
+    parts: Parts,
+    body: Result<Json<MemberBody>, JsonRejection>,
+) -> Result<Json<Value>, Problem> {
+    let ns = namespace(&ns)?;
+    let c = caller(&state, &parts).await?;
+    c.may(&state, Action::Admin, Resource::Namespace(ns)).await?;
+    let body = json_body(body)?;
+    let role = Role::parse(&body.role).ok_or_else(|| {
+        Problem(Error::BadRequest(format!(
+            "invalid role {:?} (reader, writer, maintainer, admin)",
+            body.role
+        )))
+    })?;
+    if state.meta.user_get(&principal).await?.is_none() {
+        return Err(Problem(Error::BadRequest(format!("no user {principal:?}"))));
+    }
+    state.meta.set_member(ns, &principal, Some(role.as_str())).await?;
+    c.audit(
+        &state,
+        "member.set",
+        &principal,
+        Some(ns),
+        Some(format!("role {}", role.as_str())),
+    )
+    .await;
+    Ok(Json(
+        json!({ "namespace": ns, "principal": principal, "role": role.as_str() }),
+    ))
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    Path((ns, principal)): Path<(String, String)>,
+    parts: Parts,
+) -> Result<StatusCode, Problem> {
+    let ns = namespace(&ns)?;
+    let c = caller(&state, &parts).await?;
+    c.may(&state, Action::Admin, Resource::Namespace(ns)).await?;
+    if !state.meta.set_member(ns, &principal, None).await? {
+        return Err(Problem(Error::NotFound));
+    }
+    c.audit(&state, "member.remove", &principal, Some(ns), None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn system(state: &AppState, parts: &Parts) -> Result<Caller, Problem> {
+    let c = caller(state, parts).await?;
+    c.may(state, Action::Admin, Resource::System).await?;
+    Ok(c)
+}
+
+async fn list_users(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<UserRecord>>, Problem> {
+    system(&state, &parts).await?;
+    Ok(Json(state.meta.users().await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    name: String,
+    password: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+async fn add_user(
+    State(state): State<AppState>,
+    parts: Parts,
+    body: Result<Json<UserBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<UserRecord>), Problem> {
+    let c = system(&state, &parts).await?;
+    let body = json_body(body)?;
+    let user = crate::auth::create_user(&*state.meta, &body.name, &body.password, body.admin).await?;
+    c.audit(
+        &state,
+        "user.add",
+        &user.name,
+        None,
+        Some(format!("admin {}", user.admin)),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+async fn delete_user(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    parts: Parts,
+) -> Result<StatusCode, Problem> {
+    let c = system(&state, &parts).await?;
+    if !state.meta.user_delete(&name).await? {
+        return Err(Problem(Error::NotFound));
+    }
+    c.audit(&state, "user.delete", &name, None, None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn disable_user(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    parts: Parts,
+) -> Result<StatusCode, Problem> {
+    let c = system(&state, &parts).await?;
+    if !state.meta.user_set_disabled(&name, true).await? {
+        return Err(Problem(Error::NotFound));
+    }
+    c.audit(&state, "user.disable", &name, None, None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_robots(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<RobotRecord>>, Problem> {
+    system(&state, &parts).await?;
+    Ok(Json(state.meta.robots().await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RobotBody {
+    name: String,
+    namespaces: Vec<String>,
+    actions: Vec<String>,
+    expires_days: Option<u64>,
+}
+
+async fn add_robot(
+    State(state): State<AppState>,
+    parts: Parts,
+    body: Result<Json<RobotBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let c = system(&state, &parts).await?;
+    let b = json_body(body)?;
+    let (robot, secret) =
+        crate::auth::create_robot(&*state.meta, &b.name, &b.namespaces, &b.actions, b.expires_days).await?;
+    c.audit(&state, "robot.add", &robot.name, None, Some(robot.namespaces.join(",")))
+        .await;
+    let mut v = serde_json::to_value(&robot).unwrap_or_else(|_| json!({}));
+    v["login"] = json!(format!("{}{}", crate::auth::ROBOT_PREFIX, robot.name));
+    v["secret"] = json!(secret);
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn delete_robot(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    parts: Parts,
+) -> Result<StatusCode, Problem> {
+    let c = system(&state, &parts).await?;
+    if !state.meta.robot_delete(&name).await? {
+        return Err(Problem(Error::NotFound));
+    }
+    c.audit(&state, "robot.delete", &name, None, None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn disable_robot(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    parts: Parts,
+) -> Result<StatusCode, Problem> {
+    let c = system(&state, &parts).await?;
+    if !state.meta.robot_set_disabled(&name, true).await? {
+        return Err(Problem(Error::NotFound));
+    }
+    c.audit(&state, "robot.disable", &name, None, None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    namespace: Option<String>,
+    actor: Option<String>,
+    /// ms since the epoch.
+    since: Option<i64>,
+    until: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn list_audit(
+    State(state): State<AppState>,
+    parts: Parts,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<AuditRecord>>, Problem> {
+    let Query(q) = q.map_err(|e| Problem(Error::BadRequest(e.body_text())))?;
+    let c = caller(&state, &parts).await?;
+    // System admins read everything; a namespace admin reads their namespace's records.
+    match &q.namespace {
+        Some(ns) => {
+            c.may(&state, Action::Admin, Resource::Namespace(namespace(ns)?))
+                .await?
+        }
+        None => c.may(&state, Action::Admin, Resource::System).await?,
+    }
+    let filter = AuditFilter {
+        namespace: q.namespace,
+        actor: q.actor,
+        since: q.since,
+        until: q.until,
+    };
+    Ok(Json(
+        state.meta.audit(&filter, q.limit.unwrap_or(1000).min(10_000)).await?,
+    ))
 }

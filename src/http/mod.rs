@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod registry;
+pub mod token;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", any(registry::dispatch))
         .route("/v2/", any(registry::dispatch))
         .route("/v2/{*path}", any(registry::dispatch))
+        .route("/token", get(token::get).post(token::post))
         .merge(api::router())
         .with_state(state)
         .layer(axum::middleware::from_fn(limit_headers))
@@ -33,6 +35,12 @@ pub fn router(state: AppState) -> Router {
             crate::error::Error::Storage(crate::storage::StoreError::Other("handler panicked".into())).into_response()
         }))
         .layer(TraceLayer::new_for_http())
+}
+
+/// The client's IP address, when the server was started with connection info.
+pub fn remote_addr(ext: &axum::http::Extensions) -> Option<String> {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
 }
 
 /// Total size of request headers accepted; larger requests get 431.

@@ -8,10 +8,13 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
 use super::AppState;
+use crate::auth::Action;
 use crate::core::names::{Digest, Reference, RepoName};
 use crate::core::uploads::{Mount, RangeRequest, UploadState};
 use crate::core::{Page, Registry};
 use crate::error::{Error, Result};
+use crate::storage::meta::AuditRecord;
+use crate::storage::now_ms;
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
@@ -137,22 +140,41 @@ impl Reply {
     }
 }
 
-pub async fn dispatch(
-    State(reg): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub async fn dispatch(State(reg): State<AppState>, req: axum::extract::Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
+    let remote = super::remote_addr(&parts.extensions);
     let may_have_body = matches!(method, Method::PUT | Method::PATCH | Method::POST);
-    let result = handle(&reg, &method, &uri, &headers, body).await;
+    let mut actor = None;
+    let result = handle(&reg, &method, &uri, &headers, remote.as_deref(), &mut actor, body).await;
+    if may_have_body || method == Method::DELETE {
+        let summary = match &result {
+            Ok(resp) => Ok(resp
+                .headers()
+                .get(CONTENT_DIGEST)
+                .and_then(|v| v.to_str().ok())
+                .map(|d| format!("digest {d}"))),
+            Err(e) => Err((matches!(e, Error::Unauthorized(_) | Error::Denied(_)), e.to_string())),
+        };
+        audit_request(&reg, &method, &uri, summary, actor, remote).await;
+    }
     let mut resp = result.unwrap_or_else(|e| {
+        // A token that lacks a grant is answered 403 with a new challenge, so clients that
+        // cache tokens (oras-py) fetch one with the scope this request needs.
+        let bearer = header_str(&headers, header::AUTHORIZATION)
+            .is_some_and(|a| a.len() > 7 && a[..7].eq_ignore_ascii_case("bearer "));
+        let unauthorized = matches!(e, Error::Unauthorized(_)) || (bearer && matches!(e, Error::Denied(_)));
         let mut resp = e.into_response();
         if may_have_body {
             // The request body may be unread: say the connection ends here, so the client
             // does not send its next request on a connection the server is about to close.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if unauthorized && reg.auth.enabled() {
+            if let Ok(v) = HeaderValue::from_str(&challenge(&headers, &method, uri.path())) {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
         }
         resp
     });
@@ -161,10 +183,113 @@ pub async fn dispatch(
     resp
 }
 
-async fn handle(reg: &Registry, method: &Method, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response> {
+/// What a request needs: the repository it is about (`None`: the registry itself) and the
+/// action on it. The decision is [`crate::auth`]'s.
+fn requirement<'a>(route: &Route<'a>, method: &Method) -> (Option<&'a str>, Action) {
+    match route {
+        Route::Base | Route::Catalog => (None, Action::Pull),
+        Route::Tags(n) | Route::Referrers(n, _) => (Some(n), Action::Pull),
+        Route::Manifest(n, _) | Route::Blob(n, _) => match *method {
+            Method::PUT => (Some(n), Action::Push),
+            Method::DELETE => (Some(n), Action::Delete),
+            _ => (Some(n), Action::Pull),
+        },
+        Route::UploadStart(n) | Route::Upload(n, _) => (Some(n), Action::Push),
+    }
+}
+
+/// The `WWW-Authenticate` challenge of a 401: where to get a token, and for what scope.
+fn challenge(headers: &HeaderMap, method: &Method, path: &str) -> String {
+    let host = header_str(headers, header::HOST)
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b)))
+        .unwrap_or("localhost");
+    let mut c = format!(
+        "Bearer realm=\"http://{host}/token\",service=\"{}\"",
+        crate::auth::SERVICE
+    );
+    match route(path) {
+        Some(Route::Catalog) => c.push_str(",scope=\"registry:catalog:*\""),
+        Some(r) => {
+            if let (Some(name), action) = requirement(&r, method) {
+                if let Ok(repo) = RepoName::parse(name) {
+                    let actions = match action {
+                        Action::Push => "pull,push",
+                        other => other.as_str(),
+                    };
+                    c.push_str(&format!(",scope=\"repository:{repo}:{actions}\""));
+                }
+            }
+        }
+        None => {}
+    }
+    c
+}
+
+/// Record pushes, tag moves and deletes, and refused writes, in the audit log.
+async fn audit_request(
+    reg: &Registry,
+    method: &Method,
+    uri: &Uri,
+    result: std::result::Result<Option<String>, (bool, String)>,
+    actor: Option<String>,
+    remote: Option<String>,
+) {
+    let Some(r) = route(uri.path()) else {
+        return;
+    };
+    let refused = matches!(result, Err((true, _)));
+    let (name, what, target) = match (&r, method) {
+        (Route::Manifest(n, reference), &Method::PUT) => (*n, "manifest.push", format!("{n}:{reference}")),
+        (Route::Manifest(n, reference), &Method::DELETE) => (*n, "manifest.delete", format!("{n}:{reference}")),
+        (Route::Blob(n, d), &Method::DELETE) => (*n, "blob.delete", format!("{n}@{d}")),
+        (Route::UploadStart(n) | Route::Upload(n, _), _) if refused => (*n, "blob.push", n.to_string()),
+        _ => return,
+    };
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(_) if refused => "denied",
+        Err(_) => return,
+    };
+    let detail = match result {
+        Err((_, e)) => Some(e),
+        Ok(d) => d,
+    };
+    let ns = RepoName::parse(name).ok().map(|r| r.namespace().to_string());
+    crate::auth::audit(
+        &*reg.meta,
+        AuditRecord {
+            at: now_ms(),
+            actor: actor.unwrap_or_else(|| "anonymous".into()),
+            action: what.into(),
+            target,
+            namespace: ns,
+            remote,
+            outcome: outcome.into(),
+            detail,
+        },
+    )
+    .await;
+}
+
+async fn handle(
+    reg: &Registry,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    remote: Option<&str>,
+    actor: &mut Option<String>,
+    body: Body,
+) -> Result<Response> {
     let Some(route) = route(uri.path()) else {
         return Err(Error::NotFound);
     };
+    let (name, action) = requirement(&route, method);
+    let id = reg.auth.identify(&*reg.meta, headers, remote).await?;
+    *actor = Some(id.principal.actor());
+    let target = name.map(RepoName::parse).transpose()?;
+    reg.auth
+        .authorize_repo(&*reg.meta, &id, target.as_ref(), action)
+        .await?;
     let q = Query::parse(uri);
     let head = method == Method::HEAD;
     match (route, method.clone()) {
@@ -172,7 +297,20 @@ async fn handle(reg: &Registry, method: &Method, uri: &Uri, headers: &HeaderMap,
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from("{}"))),
         (Route::Catalog, Method::GET) => {
-            let page = reg.catalog(q.page_size()?, q.last()?).await?;
+            let readable = match &id.token {
+                None => reg.auth.readable(&*reg.meta, &id.principal).await?,
+                Some(access) => {
+                    if !access
+                        .iter()
+                        .any(|a| a.kind == "registry" && a.name == "catalog" && !a.actions.is_empty())
+                    {
+                        return Err(Error::Denied("the token does not grant the catalog".into()));
+                    }
+                    let p = crate::auth::principal_by_actor(&*reg.meta, &id.principal.actor()).await?;
+                    reg.auth.readable(&*reg.meta, &p).await?
+                }
+            };
+            let page = reg.catalog(q.page_size()?, q.last()?, readable.as_ref()).await?;
             Ok(listing(
                 page,
                 "/v2/_catalog",
@@ -282,7 +420,18 @@ async fn handle(reg: &Registry, method: &Method, uri: &Uri, headers: &HeaderMap,
             let repo = RepoName::parse(name)?;
             if let Some(mount) = q.get("mount") {
                 let digest = Digest::parse(mount)?;
-                let from = q.get("from").map(RepoName::parse).transpose()?;
+                let mut from = q.get("from").map(RepoName::parse).transpose()?;
+                // Mounting reads the source: without pull there, it is an ordinary upload.
+                if let Some(f) = &from {
+                    if reg
+                        .auth
+                        .authorize_repo(&*reg.meta, &id, Some(f), Action::Pull)
+                        .await
+                        .is_err()
+                    {
+                        from = None;
+                    }
+                }
                 return Ok(match reg.mount_blob(&repo, &digest, from.as_ref()).await? {
                     Mount::Mounted => blob_created(&repo, &digest),
                     Mount::Upload(state) => upload_reply(StatusCode::ACCEPTED, &repo, &state),

@@ -117,6 +117,44 @@ pub trait MetadataStore: Send + Sync + 'static {
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>, StoreError>;
 
+    // Access control (src/auth). Names are validated by the caller.
+
+    /// Create a user; false when the name is taken.
+    async fn user_add(&self, user: &UserRecord) -> Result<bool, StoreError>;
+    async fn user_get(&self, name: &str) -> Result<Option<UserRecord>, StoreError>;
+    async fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
+    /// Set the disabled flag; false when there is no such user.
+    async fn user_set_disabled(&self, name: &str, disabled: bool) -> Result<bool, StoreError>;
+    /// Delete a user and their memberships; false when there was no such user.
+    async fn user_delete(&self, name: &str) -> Result<bool, StoreError>;
+    /// Create a robot account; false when the name is taken.
+    async fn robot_add(&self, robot: &RobotRecord) -> Result<bool, StoreError>;
+    async fn robot_get(&self, name: &str) -> Result<Option<RobotRecord>, StoreError>;
+    async fn robots(&self) -> Result<Vec<RobotRecord>, StoreError>;
+    async fn robot_set_disabled(&self, name: &str, disabled: bool) -> Result<bool, StoreError>;
+    async fn robot_delete(&self, name: &str) -> Result<bool, StoreError>;
+    /// The role of `principal` in namespace `ns`, if any.
+    async fn member_role(&self, ns: &str, principal: &str) -> Result<Option<String>, StoreError>;
+    /// Namespaces where `principal` has a role, with the role.
+    async fn memberships_of(&self, principal: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// Members of `ns` with their roles.
+    async fn members(&self, ns: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// Set (`Some`) or remove (`None`) the role of `principal` in `ns`.
+    async fn set_member(&self, ns: &str, principal: &str, role: Option<&str>) -> Result<bool, StoreError>;
+    /// Whether `ns` allows anonymous pulls.
+    async fn namespace_public(&self, ns: &str) -> Result<bool, StoreError>;
+    async fn set_namespace_public(&self, ns: &str, public: bool) -> Result<(), StoreError>;
+    /// Namespaces that allow anonymous pulls.
+    async fn public_namespaces(&self) -> Result<Vec<String>, StoreError>;
+    /// Append to the audit log.
+    async fn audit_add(&self, rec: &AuditRecord) -> Result<(), StoreError>;
+    /// Audit records matching `filter`, oldest first, at most `limit`.
+    async fn audit(&self, filter: &AuditFilter, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    /// A server setting shared by replicas.
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Store a setting unless one is already stored (the first replica wins); returns the stored value.
+    async fn setting_init(&self, name: &str, value: &str) -> Result<String, StoreError>;
+
     // Garbage collection (src/core/gc.rs). The mark phase reads snapshots; every removal then
     // runs in its own transaction that first locks the row it removes (so a push that relies
     // on that row either committed before, and is seen, or waits until after) and re-checks
@@ -167,6 +205,51 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn gc_blob_holders(&self, digest: &str) -> Result<Vec<i64>, StoreError>;
     /// Record a finished collection in the event outbox (`gc.run`, size = bytes freed).
     async fn gc_record_run(&self, freed_bytes: u64) -> Result<(), StoreError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserRecord {
+    pub name: String,
+    #[serde(skip)]
+    pub password_hash: String,
+    pub admin: bool,
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RobotRecord {
+    pub name: String,
+    #[serde(skip)]
+    pub secret_hash: String,
+    pub namespaces: Vec<String>,
+    pub actions: Vec<String>,
+    /// ms since the epoch; `None`: never.
+    pub expires_at: Option<i64>,
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    /// ms since the epoch.
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub namespace: Option<String>,
+    pub remote: Option<String>,
+    /// `ok`, `denied` or `failed`.
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub namespace: Option<String>,
+    pub actor: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
 }
 
 /// A repository as garbage collection sees it.

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+use super::meta::{AuditFilter, AuditRecord, RobotRecord, UserRecord};
 use super::meta::{GcBlobLink, GcBlobRow, GcItem, GcManifest, GcOutcome, GcRef, GcRepository, GcSnapshot};
 use super::meta::{ManifestRecord, MetadataStore, NewManifest, PutOutcome, Referrer, UploadRecord};
 use super::{now_ms, StoreError};
@@ -859,6 +860,299 @@ impl MetadataStore for SqlStore {
             .collect()
     }
 
+    async fn user_add(&self, u: &UserRecord) -> Result<bool, StoreError> {
+        let ins = self
+            .dialect
+            .insert_ignore("users (name, password_hash, admin, disabled, created_at) VALUES (?, ?, ?, ?, ?)");
+        let done = sqlx::query(&self.q(&ins))
+            .bind(&u.name)
+            .bind(&u.password_hash)
+            .bind(i64::from(u.admin))
+            .bind(i64::from(u.disabled))
+            .bind(u.created_at)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn user_get(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row =
+            sqlx::query(&self.q("SELECT name, password_hash, admin, disabled, created_at FROM users WHERE name = ?"))
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await?;
+        row.as_ref().map(user_row).transpose()
+    }
+
+    async fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let rows = sqlx::query("SELECT name, password_hash, admin, disabled, created_at FROM users ORDER BY name")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(user_row).collect()
+    }
+
+    async fn user_set_disabled(&self, name: &str, disabled: bool) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.q("UPDATE users SET disabled = ? WHERE name = ?"))
+            .bind(i64::from(disabled))
+            .bind(name)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn user_delete(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(&self.q("DELETE FROM memberships WHERE principal = ?"))
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(&self.q("DELETE FROM users WHERE name = ?"))
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn robot_add(&self, r: &RobotRecord) -> Result<bool, StoreError> {
+        let ins = self.dialect.insert_ignore(
+            "robots (name, secret_hash, namespaces, actions, expires_at, disabled, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        );
+        let done = sqlx::query(&self.q(&ins))
+            .bind(&r.name)
+            .bind(&r.secret_hash)
+            .bind(r.namespaces.join(","))
+            .bind(r.actions.join(","))
+            .bind(r.expires_at)
+            .bind(i64::from(r.disabled))
+            .bind(r.created_at)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn robot_get(&self, name: &str) -> Result<Option<RobotRecord>, StoreError> {
+        let row = sqlx::query(&self.q(
+            "SELECT name, secret_hash, namespaces, actions, expires_at, disabled, created_at \
+             FROM robots WHERE name = ?",
+        ))
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(robot_row).transpose()
+    }
+
+    async fn robots(&self) -> Result<Vec<RobotRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, secret_hash, namespaces, actions, expires_at, disabled, created_at \
+             FROM robots ORDER BY name",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(robot_row).collect()
+    }
+
+    async fn robot_set_disabled(&self, name: &str, disabled: bool) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.q("UPDATE robots SET disabled = ? WHERE name = ?"))
+            .bind(i64::from(disabled))
+            .bind(name)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn robot_delete(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.q("DELETE FROM robots WHERE name = ?"))
+            .bind(name)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn member_role(&self, ns: &str, principal: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(&self.q("SELECT role FROM memberships WHERE namespace = ? AND principal = ?"))
+            .bind(ns)
+            .bind(principal)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<String, _>(0)?),
+            None => None,
+        })
+    }
+
+    async fn memberships_of(&self, principal: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows =
+            sqlx::query(&self.q("SELECT namespace, role FROM memberships WHERE principal = ? ORDER BY namespace"))
+                .bind(principal)
+                .fetch_all(&self.read)
+                .await?;
+        pairs(&rows)
+    }
+
+    async fn members(&self, ns: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows =
+            sqlx::query(&self.q("SELECT principal, role FROM memberships WHERE namespace = ? ORDER BY principal"))
+                .bind(ns)
+                .fetch_all(&self.read)
+                .await?;
+        pairs(&rows)
+    }
+
+    async fn set_member(&self, ns: &str, principal: &str, role: Option<&str>) -> Result<bool, StoreError> {
+        let done = match role {
+            Some(role) => {
+                let up = self.dialect.upsert(
+                    "memberships (namespace, principal, role, created_at) VALUES (?, ?, ?, ?)",
+                    "namespace, principal",
+                    &["role"],
+                );
+                sqlx::query(&self.q(&up))
+                    .bind(ns)
+                    .bind(principal)
+                    .bind(role)
+                    .bind(now_ms())
+                    .execute(&self.write)
+                    .await?
+            }
+            None => {
+                sqlx::query(&self.q("DELETE FROM memberships WHERE namespace = ? AND principal = ?"))
+                    .bind(ns)
+                    .bind(principal)
+                    .execute(&self.write)
+                    .await?
+            }
+        };
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn namespace_public(&self, ns: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(&self.q("SELECT visibility FROM namespaces WHERE name = ?"))
+            .bind(ns)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<String, _>(0)? == "public",
+            None => false,
+        })
+    }
+
+    async fn set_namespace_public(&self, ns: &str, public: bool) -> Result<(), StoreError> {
+        let up = self.dialect.upsert(
+            "namespaces (name, visibility, updated_at) VALUES (?, ?, ?)",
+            "name",
+            &["visibility", "updated_at"],
+        );
+        sqlx::query(&self.q(&up))
+            .bind(ns)
+            .bind(if public { "public" } else { "private" })
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn public_namespaces(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT name FROM namespaces WHERE visibility = 'public' ORDER BY name")
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn audit_add(&self, a: &AuditRecord) -> Result<(), StoreError> {
+        sqlx::query(&self.q(
+            "INSERT INTO audit (at, actor, action, target, namespace, remote, outcome, detail) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(a.at)
+        .bind(&a.actor)
+        .bind(&a.action)
+        .bind(&a.target)
+        .bind(a.namespace.as_deref())
+        .bind(a.remote.as_deref())
+        .bind(&a.outcome)
+        .bind(a.detail.as_deref())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit(&self, f: &AuditFilter, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut sql =
+            String::from("SELECT at, actor, action, target, namespace, remote, outcome, detail FROM audit WHERE 1 = 1");
+        if f.namespace.is_some() {
+            sql.push_str(" AND namespace = ?");
+        }
+        if f.actor.is_some() {
+            sql.push_str(" AND actor = ?");
+        }
+        if f.since.is_some() {
+            sql.push_str(" AND at >= ?");
+        }
+        if f.until.is_some() {
+            sql.push_str(" AND at <= ?");
+        }
+        sql.push_str(&format!(" ORDER BY at, id LIMIT {limit}"));
+        let sql = self.q(&sql);
+        let mut query = sqlx::query(&sql);
+        if let Some(ns) = &f.namespace {
+            query = query.bind(ns.as_str());
+        }
+        if let Some(a) = &f.actor {
+            query = query.bind(a.as_str());
+        }
+        if let Some(s) = f.since {
+            query = query.bind(s);
+        }
+        if let Some(u) = f.until {
+            query = query.bind(u);
+        }
+        let rows = query.fetch_all(&self.read).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRecord {
+                    at: r.try_get(0)?,
+                    actor: r.try_get(1)?,
+                    action: r.try_get(2)?,
+                    target: long_text(r, 3)?.unwrap_or_default(),
+                    namespace: r.try_get(4)?,
+                    remote: r.try_get(5)?,
+                    outcome: r.try_get(6)?,
+                    detail: long_text(r, 7)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(&self.q("SELECT value FROM settings WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(match row {
+            Some(r) => long_text(&r, 0)?,
+            None => None,
+        })
+    }
+
+    async fn setting_init(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        let ins = self.dialect.insert_ignore("settings (name, value) VALUES (?, ?)");
+        sqlx::query(&self.q(&ins))
+            .bind(name)
+            .bind(value)
+            .execute(&self.write)
+            .await?;
+        let row = sqlx::query(&self.q("SELECT value FROM settings WHERE name = ?"))
+            .bind(name)
+            .fetch_one(&self.write)
+            .await?;
+        Ok(long_text(&row, 0)?.unwrap_or_default())
+    }
+
     async fn gc_repositories(&self) -> Result<Vec<GcRepository>, StoreError> {
         let rows = sqlx::query("SELECT id, name FROM repositories ORDER BY id")
             .fetch_all(&self.read)
@@ -1047,6 +1341,42 @@ impl MetadataStore for SqlStore {
 /// How many manifests the re-check of one removal walks up through (subjects, index parents)
 /// before it gives up and keeps the manifest.
 const GC_WALK_LIMIT: usize = 10_000;
+
+fn user_row(r: &sqlx::any::AnyRow) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord {
+        name: r.try_get(0)?,
+        password_hash: long_text(r, 1)?.unwrap_or_default(),
+        admin: r.try_get::<i64, _>(2)? != 0,
+        disabled: r.try_get::<i64, _>(3)? != 0,
+        created_at: r.try_get(4)?,
+    })
+}
+
+fn list(s: Option<String>) -> Vec<String> {
+    s.unwrap_or_default()
+        .split(',')
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn robot_row(r: &sqlx::any::AnyRow) -> Result<RobotRecord, StoreError> {
+    Ok(RobotRecord {
+        name: r.try_get(0)?,
+        secret_hash: long_text(r, 1)?.unwrap_or_default(),
+        namespaces: list(long_text(r, 2)?),
+        actions: list(long_text(r, 3)?),
+        expires_at: r.try_get(4)?,
+        disabled: r.try_get::<i64, _>(5)? != 0,
+        created_at: r.try_get(6)?,
+    })
+}
+
+fn pairs(rows: &[sqlx::any::AnyRow]) -> Result<Vec<(String, String)>, StoreError> {
+    rows.iter()
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+        .collect()
+}
 
 fn gc_items(rows: &[sqlx::any::AnyRow]) -> Result<Vec<GcItem>, StoreError> {
     rows.iter()

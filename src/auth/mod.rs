@@ -1,0 +1,807 @@
+//! Access control: who the caller is (passwords, robot secrets, bearer tokens) and what they
+//! may do. [`Auth::allowed`] is the one policy; every surface asks it (directly, or through
+//! the `access` claim of a token it issued) and nothing else decides.
+//!
+//! Identities come from the metadata store (users with argon2 password hashes, robot accounts
+//! with sha256-hashed random secrets). Another identity source (LDAP, OIDC) would plug in at
+//! [`Auth::login`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::http::{header, HeaderMap};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::core::names::RepoName;
+use crate::error::{Error, Result};
+use crate::storage::meta::{AuditRecord, RobotRecord, UserRecord};
+use crate::storage::{now_ms, MetadataStore, StoreError};
+
+/// The `service` of tokens, challenges and the token endpoint; also the tokens' audience.
+pub const SERVICE: &str = "image-manager";
+/// The `iss` of tokens this server issues.
+pub const ISSUER: &str = "image-manager";
+/// Login names of robot accounts start with this.
+pub const ROBOT_PREFIX: &str = "robot$";
+/// The metadata-store setting holding the token signing key (PKCS#8, base64).
+const KEY_SETTING: &str = "token_signing_key_es256";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No authentication: everything is allowed (loopback only).
+    None,
+    /// Docker token authentication and HTTP Basic.
+    Token,
+}
+
+impl AuthMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(AuthMode::None),
+            "token" => Some(AuthMode::Token),
+            _ => None,
+        }
+    }
+}
+
+/// What can be done to a namespace's repositories (or the namespace itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Pull,
+    /// Push blobs and manifests, move tags.
+    Push,
+    /// Delete manifests, tags and blobs; set metadata.
+    Delete,
+    /// Manage members, visibility and quota of a namespace.
+    Admin,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pull" => Some(Action::Pull),
+            "push" => Some(Action::Push),
+            "delete" => Some(Action::Delete),
+            "admin" => Some(Action::Admin),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Delete => "delete",
+            Action::Admin => "admin",
+        }
+    }
+}
+
+/// A role in a namespace; each includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Reader,
+    Writer,
+    Maintainer,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reader" => Some(Role::Reader),
+            "writer" => Some(Role::Writer),
+            "maintainer" => Some(Role::Maintainer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Writer => "writer",
+            Role::Maintainer => "maintainer",
+            Role::Admin => "admin",
+        }
+    }
+    pub fn allows(self, action: Action) -> bool {
+        let needed = match action {
+            Action::Pull => Role::Reader,
+            Action::Push => Role::Writer,
+            Action::Delete => Role::Maintainer,
+            Action::Admin => Role::Admin,
+        };
+        self >= needed
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Anonymous,
+    User {
+        name: String,
+        admin: bool,
+    },
+    Robot {
+        name: String,
+        namespaces: Vec<String>,
+        actions: Vec<Action>,
+        expires_at: Option<i64>,
+    },
+}
+
+impl Principal {
+    /// The name recorded in the audit log and in tokens' `sub`.
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::Anonymous => "anonymous".into(),
+            Principal::User { name, .. } => name.clone(),
+            Principal::Robot { name, .. } => format!("{ROBOT_PREFIX}{name}"),
+        }
+    }
+    fn from_user(u: &UserRecord) -> Self {
+        Principal::User {
+            name: u.name.clone(),
+            admin: u.admin,
+        }
+    }
+    fn from_robot(r: &RobotRecord) -> Self {
+        Principal::Robot {
+            name: r.name.clone(),
+            namespaces: r.namespaces.clone(),
+            actions: r.actions.iter().filter_map(|a| Action::parse(a)).collect(),
+            expires_at: r.expires_at,
+        }
+    }
+}
+
+/// What an action applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource<'a> {
+    /// A namespace (the first segment of repository names) and everything in it.
+    Namespace(&'a str),
+    /// The whole system: users, robots, the audit log, every namespace.
+    System,
+}
+
+/// The caller of one request: a principal, and when it came with a bearer token, the token's
+/// grants, which bound what the request may do.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub principal: Principal,
+    pub token: Option<Vec<Access>>,
+}
+
+impl Identity {
+    pub fn anonymous() -> Self {
+        Identity {
+            principal: Principal::Anonymous,
+            token: None,
+        }
+    }
+}
+
+/// One grant of a token (the `access` claim, as Docker's token servers write it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    pub jti: String,
+    pub access: Vec<Access>,
+}
+
+struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+/// Authentication state of a server: mode, signing key, and the failed-login counters.
+pub struct Auth {
+    pub mode: AuthMode,
+    pub token_ttl_secs: u64,
+    keys: Option<Keys>,
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+/// Failed logins of one name from one address are forgotten after this long.
+const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
+
+impl Auth {
+    /// No authentication: every request is allowed.
+    pub fn none() -> Self {
+        Auth {
+            mode: AuthMode::None,
+            token_ttl_secs: 300,
+            keys: None,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Token mode, with the signing key from the metadata store (generated and stored by the
+    /// first server to start, so replicas share it).
+    pub async fn token(meta: &dyn MetadataStore, token_ttl_secs: u64) -> Result<Self, StoreError> {
+        let key = match meta.setting(KEY_SETTING).await? {
+            Some(k) => k,
+            None => {
+                let rng = SystemRandom::new();
+                let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(|_| StoreError::Other("generating the token signing key failed".into()))?;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
+                meta.setting_init(KEY_SETTING, &b64).await?
+            }
+        };
+        let pkcs8 = base64::engine::general_purpose::STANDARD
+            .decode(key.trim())
+            .map_err(|e| StoreError::Other(format!("stored token signing key: {e}")))?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &SystemRandom::new())
+            .map_err(|e| StoreError::Other(format!("stored token signing key: {e}")))?;
+        Ok(Auth {
+            mode: AuthMode::Token,
+            token_ttl_secs: token_ttl_secs.max(1),
+            keys: Some(Keys {
+                encoding: EncodingKey::from_ec_der(&pkcs8),
+                decoding: DecodingKey::from_ec_der(pair.public_key().as_ref()),
+            }),
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.mode == AuthMode::Token
+    }
+
+    // ----- the policy -------------------------------------------------------------------
+
+    /// Whether `p` may do `action` on `res`. The one access rule of the service.
+    pub async fn allowed(
+        &self,
+        meta: &dyn MetadataStore,
+        p: &Principal,
+        action: Action,
+        res: Resource<'_>,
+    ) -> Result<bool> {
+        if !self.enabled() {
+            return Ok(true);
+        }
+        let ns = match (p, res) {
+            (Principal::User { admin: true, .. }, _) => return Ok(true),
+            (_, Resource::System) => return Ok(false),
+            (_, Resource::Namespace(ns)) => ns,
+        };
+        Ok(match p {
+            Principal::Robot {
+                namespaces,
+                actions,
+                expires_at,
+                ..
+            } => {
+                expires_at.is_none_or(|e| e > now_ms())
+                    && action != Action::Admin
+                    && actions.contains(&action)
+                    && namespaces.iter().any(|n| n == ns)
+            }
+            Principal::Anonymous => action == Action::Pull && meta.namespace_public(ns).await?,
+            Principal::User { name, .. } => {
+                let role = meta.member_role(ns, name).await?.and_then(|r| Role::parse(&r));
+                role.is_some_and(|r| r.allows(action)) || (action == Action::Pull && meta.namespace_public(ns).await?)
+            }
+        })
+    }
+
+    /// [`Self::allowed`] as an error: 401 for the anonymous (they may log in), 403 for others.
+    pub async fn authorize(
+        &self,
+        meta: &dyn MetadataStore,
+        p: &Principal,
+        action: Action,
+        res: Resource<'_>,
+    ) -> Result<()> {
+        if self.allowed(meta, p, action, res).await? {
+            return Ok(());
+        }
+        let what = match res {
+            Resource::Namespace(ns) => format!("{} on namespace {ns:?}", action.as_str()),
+            Resource::System => "system administration".to_string(),
+        };
+        match p {
+            Principal::Anonymous => Err(Error::Unauthorized(format!("authentication required for {what}"))),
+            other => Err(Error::Denied(format!("{} may not {what}", other.actor()))),
+        }
+    }
+
+    /// A request on repository `repo` (`None`: the registry itself, e.g. `/v2/`) by `id`.
+    /// A bearer token allows only what it grants; other callers are asked of the policy.
+    pub async fn authorize_repo(
+        &self,
+        meta: &dyn MetadataStore,
+        id: &Identity,
+        repo: Option<&RepoName>,
+        action: Action,
+    ) -> Result<()> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let Some(repo) = repo else {
+            return match id.principal {
+                Principal::Anonymous => Err(Error::Unauthorized("authentication required".into())),
+                _ => Ok(()),
+            };
+        };
+        match &id.token {
+            Some(access) => {
+                let granted = access.iter().any(|a| {
+                    a.kind == "repository" && a.name == repo.as_str() && a.actions.iter().any(|x| x == action.as_str())
+                });
+                if granted {
+                    Ok(())
+                } else {
+                    Err(Error::Denied(format!(
+                        "the token does not grant {} on {repo}",
+                        action.as_str()
+                    )))
+                }
+            }
+            None => {
+                self.authorize(meta, &id.principal, action, Resource::Namespace(repo.namespace()))
+                    .await
+            }
+        }
+    }
+
+    /// The namespaces `p` may pull from; `None`: all of them.
+    pub async fn readable(&self, meta: &dyn MetadataStore, p: &Principal) -> Result<Option<HashSet<String>>> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let mut out: HashSet<String> = meta.public_namespaces().await?.into_iter().collect();
+        match p {
+            Principal::User { admin: true, .. } => return Ok(None),
+            Principal::User { name, .. } => {
+                out.extend(meta.memberships_of(name).await?.into_iter().map(|(ns, _)| ns));
+            }
+            Principal::Robot { namespaces, .. } => {
+                for ns in namespaces {
+                    if self.allowed(meta, p, Action::Pull, Resource::Namespace(ns)).await? {
+                        out.insert(ns.clone());
+                    }
+                }
+            }
+            Principal::Anonymous => {}
+        }
+        Ok(Some(out))
+    }
+
+    // ----- authentication ---------------------------------------------------------------
+
+    /// Check a name and password (or robot secret). Failures are slowed down per name and
+    /// address, counted, and audited.
+    pub async fn login(
+        &self,
+        meta: &dyn MetadataStore,
+        name: &str,
+        secret: &str,
+        remote: Option<&str>,
+    ) -> Result<Principal> {
+        let key = format!("{name}|{}", remote.unwrap_or(""));
+        let delay = self.failure_delay(&key);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let found = self.check_secret(meta, name, secret).await?;
+        match found {
+            Some(p) => {
+                if let Ok(mut f) = self.failures.lock() {
+                    f.remove(&key);
+                }
+                Ok(p)
+            }
+            None => {
+                let count = self.record_failure(&key);
+                audit(
+                    meta,
+                    AuditRecord {
+                        at: now_ms(),
+                        actor: name.chars().take(255).collect(),
+                        action: "login".into(),
+                        target: SERVICE.into(),
+                        namespace: None,
+                        remote: remote.map(str::to_string),
+                        outcome: "failed".into(),
+                        detail: Some(format!("invalid credentials (failure {count})")),
+                    },
+                )
+                .await;
+                Err(Error::Unauthorized("invalid username or password".into()))
+            }
+        }
+    }
+
+    async fn check_secret(&self, meta: &dyn MetadataStore, name: &str, secret: &str) -> Result<Option<Principal>> {
+        if let Some(robot) = name.strip_prefix(ROBOT_PREFIX) {
+            let Some(r) = meta.robot_get(robot).await? else {
+                return Ok(None);
+            };
+            let ok = !r.disabled
+                && r.expires_at.is_none_or(|e| e > now_ms())
+                && same(r.secret_hash.as_bytes(), secret_hash(secret).as_bytes());
+            return Ok(ok.then(|| Principal::from_robot(&r)));
+        }
+        let Some(u) = meta.user_get(name).await? else {
+            return Ok(None);
+        };
+        if u.disabled {
+            return Ok(None);
+        }
+        let hash = u.password_hash.clone();
+        let pw = secret.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        Ok(ok.then(|| Principal::from_user(&u)))
+    }
+
+    fn failure_delay(&self, key: &str) -> Duration {
+        let Ok(f) = self.failures.lock() else {
+            return Duration::ZERO;
+        };
+        match f.get(key) {
+            Some((n, at)) if at.elapsed() < FAILURE_MEMORY && *n > 0 => {
+                // 200 ms after the first failure, doubling, at most 5 s.
+                Duration::from_millis((200u64 << (n - 1).min(5)).min(5000))
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn record_failure(&self, key: &str) -> u32 {
+        let Ok(mut f) = self.failures.lock() else {
+            return 0;
+        };
+        if f.len() > 100_000 {
+            f.retain(|_, (_, at)| at.elapsed() < FAILURE_MEMORY);
+        }
+        let e = f.entry(key.to_string()).or_insert((0, Instant::now()));
+        if e.1.elapsed() >= FAILURE_MEMORY {
+            e.0 = 0;
+        }
+        e.0 += 1;
+        e.1 = Instant::now();
+        e.0
+    }
+
+    /// Who made a request: from `Authorization: Basic` (a login) or `Bearer` (a token this
+    /// server issued); anonymous without either. Bad credentials are an error, not anonymous.
+    pub async fn identify(
+        &self,
+        meta: &dyn MetadataStore,
+        headers: &HeaderMap,
+        remote: Option<&str>,
+    ) -> Result<Identity> {
+        if !self.enabled() {
+            return Ok(Identity::anonymous());
+        }
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Ok(Identity::anonymous());
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| Error::Unauthorized("malformed Authorization header".into()))?;
+        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("basic") {
+            let (name, secret) = basic_credentials(rest)?;
+            let principal = self.login(meta, &name, &secret, remote).await?;
+            return Ok(Identity { principal, token: None });
+        }
+        if scheme.eq_ignore_ascii_case("bearer") {
+            let claims = self.verify(rest)?;
+            let principal = principal_of_sub(&claims.sub);
+            return Ok(Identity {
+                principal,
+                token: Some(claims.access),
+            });
+        }
+        Err(Error::Unauthorized(format!(
+            "unsupported authorization scheme {scheme:?}"
+        )))
+    }
+
+    // ----- tokens -----------------------------------------------------------------------
+
+    /// The grants of `scope` (Docker's `type:name:actions` items) that `p` is allowed.
+    /// Items this server does not understand are refused, not ignored.
+    pub async fn grant(&self, meta: &dyn MetadataStore, p: &Principal, scopes: &[String]) -> Result<Vec<Access>> {
+        let mut out: Vec<Access> = Vec::new();
+        for item in scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
+            let (kind, rest) = item
+                .split_once(':')
+                .ok_or_else(|| Error::BadRequest(format!("invalid scope {item:?}")))?;
+            let (name, actions) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| Error::BadRequest(format!("invalid scope {item:?}")))?;
+            match kind {
+                "repository" => {
+                    let repo = RepoName::parse(name)?;
+                    let mut granted = Vec::new();
+                    for a in actions.split(',') {
+                        let wanted: Vec<Action> = match a {
+                            "*" => vec![Action::Pull, Action::Push, Action::Delete],
+                            other => Action::parse(other).into_iter().collect(),
+                        };
+                        for w in wanted {
+                            if w != Action::Admin
+                                && self.allowed(meta, p, w, Resource::Namespace(repo.namespace())).await?
+                                && !granted.contains(&w.as_str().to_string())
+                            {
+                                granted.push(w.as_str().to_string());
+                            }
+                        }
+                    }
+                    out.push(Access {
+                        kind: "repository".into(),
+                        name: repo.as_str().to_string(),
+                        actions: granted,
+                    });
+                }
+                "registry" if name == "catalog" => out.push(Access {
+                    kind: "registry".into(),
+                    name: "catalog".into(),
+                    actions: if matches!(p, Principal::Anonymous) {
+                        Vec::new()
+                    } else {
+                        vec!["*".into()]
+                    },
+                }),
+                _ => return Err(Error::BadRequest(format!("unsupported scope {item:?}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A signed token for `p` carrying `access`.
+    pub fn issue(&self, p: &Principal, access: Vec<Access>) -> Result<String> {
+        let keys = self.keys.as_ref().ok_or(Error::NotFound)?;
+        let now = (now_ms() / 1000).max(0) as u64;
+        let mut jti = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut jti)
+            .map_err(|_| Error::Storage(StoreError::Other("random number generator failed".into())))?;
+        let claims = Claims {
+            iss: ISSUER.into(),
+            sub: p.actor(),
+            aud: SERVICE.into(),
+            exp: now + self.token_ttl_secs,
+            nbf: now,
+            iat: now,
+            jti: hex::encode(jti),
+            access,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &keys.encoding)
+            .map_err(|e| Error::Storage(StoreError::Other(format!("signing a token: {e}"))))
+    }
+
+    /// Check a token's signature (ES256 only), expiry, issuer and audience.
+    pub fn verify(&self, token: &str) -> Result<Claims> {
+        let keys = self
+            .keys
+            .as_ref()
+            .ok_or_else(|| Error::Unauthorized("tokens are not enabled".into()))?;
+        let mut v = Validation::new(Algorithm::ES256);
+        v.leeway = 0;
+        v.set_audience(&[SERVICE]);
+        v.set_issuer(&[ISSUER]);
+        v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, &keys.decoding, &v)
+            .map(|d| d.claims)
+            .map_err(|e| Error::Unauthorized(format!("invalid token: {e}")))
+    }
+}
+
+/// The principal a token's `sub` names. Tokens carry their grants, so only the name matters.
+fn principal_of_sub(sub: &str) -> Principal {
+    match sub.strip_prefix(ROBOT_PREFIX) {
+        Some(name) => Principal::Robot {
+            name: name.to_string(),
+            namespaces: Vec::new(),
+            actions: Vec::new(),
+            expires_at: None,
+        },
+        None if sub == "anonymous" => Principal::Anonymous,
+        None => Principal::User {
+            name: sub.to_string(),
+            admin: false,
+        },
+    }
+}
+
+/// Load the principal `actor` names from the store, as it is now (for listings by token).
+pub async fn principal_by_actor(meta: &dyn MetadataStore, actor: &str) -> Result<Principal> {
+    if let Some(name) = actor.strip_prefix(ROBOT_PREFIX) {
+        if let Some(r) = meta.robot_get(name).await?.filter(|r| !r.disabled) {
+            return Ok(Principal::from_robot(&r));
+        }
+    } else if let Some(u) = meta.user_get(actor).await?.filter(|u| !u.disabled) {
+        return Ok(Principal::from_user(&u));
+    }
+    Ok(Principal::Anonymous)
+}
+
+/// Decode the base64 `user:password` of HTTP Basic.
+pub fn basic_credentials(b64: &str) -> Result<(String, String)> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| Error::Unauthorized("malformed basic credentials".into()))?;
+    let text = String::from_utf8(raw).map_err(|_| Error::Unauthorized("malformed basic credentials".into()))?;
+    let (name, secret) = text
+        .split_once(':')
+        .ok_or_else(|| Error::Unauthorized("malformed basic credentials".into()))?;
+    Ok((name.to_string(), secret.to_string()))
+}
+
+/// Append to the audit log; a failure to do so is logged, never fails the request.
+pub async fn audit(meta: &dyn MetadataStore, rec: AuditRecord) {
+    if let Err(e) = meta.audit_add(&rec).await {
+        tracing::warn!(error = %e, action = %rec.action, "writing the audit log failed");
+    }
+}
+
+// ----- identities ---------------------------------------------------------------------------
+
+fn check_account_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "invalid account name {name:?}: 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+        )))
+    }
+}
+
+/// Hash a password with argon2id and a random salt.
+pub fn hash_password(password: &str) -> Result<String> {
+    let mut salt = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| Error::Storage(StoreError::Other("random number generator failed".into())))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| Error::Storage(StoreError::Other(e.to_string())))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Storage(StoreError::Other(format!("hashing a password: {e}"))))
+}
+
+/// Byte equality in time independent of where the inputs differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn secret_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Create a user. Passwords must be at least 8 characters.
+pub async fn create_user(meta: &dyn MetadataStore, name: &str, password: &str, admin: bool) -> Result<UserRecord> {
+    check_account_name(name)?;
+    if password.chars().count() < 8 {
+        return Err(Error::BadRequest("passwords must be at least 8 characters".into()));
+    }
+    let user = UserRecord {
+        name: name.to_string(),
+        password_hash: hash_password(password)?,
+        admin,
+        disabled: false,
+        created_at: now_ms(),
+    };
+    if !meta.user_add(&user).await? {
+        return Err(Error::Conflict(format!("user {name:?} exists")));
+    }
+    Ok(user)
+}
+
+/// Create a robot account limited to `namespaces` and `actions` (pull, push, delete), valid
+/// for `expires_days` days (`None`: until disabled). Returns it with its secret, which is not
+/// stored and cannot be shown again.
+pub async fn create_robot(
+    meta: &dyn MetadataStore,
+    name: &str,
+    namespaces: &[String],
+    actions: &[String],
+    expires_days: Option<u64>,
+) -> Result<(RobotRecord, String)> {
+    check_account_name(name)?;
+    if namespaces.is_empty() || actions.is_empty() {
+        return Err(Error::BadRequest(
+            "a robot needs at least one namespace and one action".into(),
+        ));
+    }
+    for ns in namespaces {
+        if RepoName::parse(ns)?.as_str().contains('/') {
+            return Err(Error::NameInvalid(format!("{ns:?} is not a namespace")));
+        }
+    }
+    for a in actions {
+        if !matches!(Action::parse(a), Some(Action::Pull | Action::Push | Action::Delete)) {
+            return Err(Error::BadRequest(format!(
+                "invalid robot action {a:?} (pull, push, delete)"
+            )));
+        }
+    }
+    let mut raw = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| Error::Storage(StoreError::Other("random number generator failed".into())))?;
+    let secret = hex::encode(raw);
+    let now = now_ms();
+    let robot = RobotRecord {
+        name: name.to_string(),
+        secret_hash: secret_hash(&secret),
+        namespaces: namespaces.to_vec(),
+        actions: actions.to_vec(),
+        expires_at: expires_days.map(|d| now.saturating_add((d as i64).saturating_mul(86_400_000))),
+        disabled: false,
+        created_at: now,
+    };
+    if !meta.robot_add(&robot).await? {
+        return Err(Error::Conflict(format!("robot {name:?} exists")));
+    }
+    Ok((robot, secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_include_lower_ones() {
+        assert!(Role::Reader.allows(Action::Pull));
+        assert!(!Role::Reader.allows(Action::Push));
+        assert!(Role::Writer.allows(Action::Push) && !Role::Writer.allows(Action::Delete));
+        assert!(Role::Maintainer.allows(Action::Delete) && !Role::Maintainer.allows(Action::Admin));
+        assert!(Role::Admin.allows(Action::Admin));
+    }
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let h = hash_password("correct horse").expect("hash");
+        let parsed = PasswordHash::new(&h).expect("parse");
+        assert!(Argon2::default().verify_password(b"correct horse", &parsed).is_ok());
+        assert!(Argon2::default().verify_password(b"wrong", &parsed).is_err());
+    }
+
+    #[test]
+    fn basic_credentials_split_at_the_first_colon() {
+        let b = base64::engine::general_purpose::STANDARD.encode("robot$ci:a:b");
+        assert_eq!(basic_credentials(&b).ok(), Some(("robot$ci".into(), "a:b".into())));
+        assert!(basic_credentials("!!").is_err());
+    }
+}

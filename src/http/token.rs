@@ -1,0 +1,106 @@
+//! The token endpoint of Docker's token authentication (`realm` of the `/v2` challenge):
+//! `GET /token?service=&scope=` with optional HTTP Basic, and the OAuth2 form POST
+//! (`grant_type=password`) newer clients use. It answers a short-lived signed token that
+//! carries the grants the policy allows, possibly fewer than asked for.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::request::Parts;
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::AppState;
+use crate::auth::{Identity, Principal, SERVICE};
+use crate::error::{Error, Result};
+
+fn pairs(s: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(s.as_bytes()).into_owned().collect()
+}
+
+fn all(pairs: &[(String, String)], key: &str) -> Vec<String> {
+    pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect()
+}
+
+fn one<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+fn check_service(pairs: &[(String, String)]) -> Result<()> {
+    match one(pairs, "service") {
+        Some(s) if !s.is_empty() && s != SERVICE => Err(Error::BadRequest(format!(
+            "unknown service {s:?}: this server is {SERVICE:?}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn answer(state: &AppState, principal: &Principal, scopes: &[String]) -> Result<Response> {
+    let access = state.auth.grant(&*state.meta, principal, scopes).await?;
+    let scope: Vec<String> = access
+        .iter()
+        .filter(|a| !a.actions.is_empty())
+        .map(|a| format!("{}:{}:{}", a.kind, a.name, a.actions.join(",")))
+        .collect();
+    let token = state.auth.issue(principal, access)?;
+    Ok(Json(json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": state.auth.token_ttl_secs,
+        "scope": scope.join(" "),
+    }))
+    .into_response())
+}
+
+/// `GET /token`: Basic credentials (or none, for what anonymous callers may do).
+pub async fn get(State(state): State<AppState>, parts: Parts) -> Response {
+    run_get(&state, &parts.uri, &parts)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn run_get(state: &AppState, uri: &Uri, parts: &Parts) -> Result<Response> {
+    if !state.auth.enabled() {
+        return Err(Error::NotFound);
+    }
+    let q = pairs(uri.query().unwrap_or(""));
+    check_service(&q)?;
+    let remote = super::remote_addr(&parts.extensions);
+    let id: Identity = state
+        .auth
+        .identify(&*state.meta, &parts.headers, remote.as_deref())
+        .await?;
+    if id.token.is_some() {
+        return Err(Error::Unauthorized("a token cannot be exchanged for another".into()));
+    }
+    answer(state, &id.principal, &all(&q, "scope")).await
+}
+
+/// `POST /token`: the OAuth2 password grant (`application/x-www-form-urlencoded`).
+pub async fn post(State(state): State<AppState>, parts: Parts, body: Bytes) -> Response {
+    run_post(&state, &parts, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn run_post(state: &AppState, parts: &Parts, body: &[u8]) -> Result<Response> {
+    if !state.auth.enabled() {
+        return Err(Error::NotFound);
+    }
+    let form = pairs(std::str::from_utf8(body).map_err(|_| Error::BadRequest("form is not UTF-8".into()))?);
+    check_service(&form)?;
+    let remote = super::remote_addr(&parts.extensions);
+    match one(&form, "grant_type") {
+        Some("password") => {
+            let user = one(&form, "username").unwrap_or_default();
+            let pass = one(&form, "password").unwrap_or_default();
+            let principal = state.auth.login(&*state.meta, user, pass, remote.as_deref()).await?;
+            answer(state, &principal, &all(&form, "scope")).await
+        }
+        Some(other) => Err(Error::BadRequest(format!(
+            "unsupported grant_type {other:?} (password is supported)"
+        ))),
+        None => Err(Error::BadRequest("grant_type is required".into())),
+    }
+}
