@@ -9,6 +9,7 @@ a fixed time.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import signal
@@ -58,6 +59,21 @@ def drop_database(url: str) -> None:
     cmd = _database_command(url, f"DROP DATABASE IF EXISTS {name}")
     if cmd:
         subprocess.run(cmd, check=False, capture_output=True)
+
+
+def poll(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    """Wait until `predicate()` is true, checking every 50 ms up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)  # polling interval, bounded by the deadline
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def digest(data: bytes) -> str:
+    """The OCI digest (sha256) of `data`."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def free_port() -> int:

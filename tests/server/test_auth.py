@@ -5,7 +5,6 @@ server's own store before it starts, as an operator would."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -29,8 +28,7 @@ NS = "team"
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+digest = imserver.digest
 
 
 def cli(srv: imserver.Server, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

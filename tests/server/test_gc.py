@@ -30,8 +30,7 @@ LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 NOW = ["--untagged-retention-secs", "0", "--blob-grace-secs", "0"]
 
 
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+digest = imserver.digest
 
 
 def new_repo(prefix: str = "gc") -> str:
@@ -131,13 +130,7 @@ def deleted(report: dict, kind: str) -> set[str]:
     return {e["digest"] for e in report["deleted"] if e["kind"] == kind}
 
 
-def poll(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)  # polling interval, bounded by the deadline
-    raise AssertionError(f"timed out waiting for {what}")
+poll = imserver.poll
 
 
 def test_untagged_manifests_and_their_exclusive_blobs_are_collected_offline():

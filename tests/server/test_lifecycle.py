@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from urllib.parse import urljoin
@@ -20,17 +19,10 @@ def repo() -> str:
     return f"life/{uuid.uuid4().hex[:12]}"
 
 
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+digest = imserver.digest
 
 
-def poll(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)  # polling interval, bounded by the deadline
-    raise AssertionError(f"timed out waiting for {what}")
+poll = imserver.poll
 
 
 def test_health_and_readiness():

@@ -1,6 +1,5 @@
 """Per-namespace storage quotas and their admin API (problem+json errors)."""
 
-import hashlib
 import os
 import uuid
 
@@ -9,8 +8,7 @@ import requests
 import imserver
 
 
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+digest = imserver.digest
 
 
 def push(url: str, repo: str, data: bytes) -> requests.Response:

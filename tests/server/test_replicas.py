@@ -1,7 +1,6 @@
 """Replicas: several server processes sharing one database and one blob store, with no other
 coordination, behave as one registry. Runs on every backend of the matrix."""
 
-import hashlib
 import json
 import os
 import threading
@@ -16,8 +15,7 @@ import imserver
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+digest = imserver.digest
 
 
 @pytest.fixture
