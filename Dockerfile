@@ -14,7 +14,8 @@ COPY config/image-manager.toml /etc/image-manager/image-manager.toml
 USER image-manager
 WORKDIR /var/lib/image-manager
 EXPOSE 5000
-# Binding beyond loopback needs auth: IMAGE_MANAGER_SERVER__LISTEN=0.0.0.0:5000 with
-# IMAGE_MANAGER_SERVER__AUTH=token, after `image-manager user add NAME --admin --password-stdin`.
+# Binding beyond loopback needs auth and TLS (or a TLS-terminating proxy and
+# IMAGE_MANAGER_SERVER__ALLOW_PLAIN_HTTP=true): IMAGE_MANAGER_SERVER__LISTEN=0.0.0.0:5000 with
+# IMAGE_MANAGER_SERVER__AUTH=token, IMAGE_MANAGER_SERVER__TLS_CERT/TLS_KEY, after `image-manager user add NAME --admin --password-stdin`.
 ENTRYPOINT ["image-manager"]
 CMD ["serve", "--config", "/etc/image-manager/image-manager.toml", "--data-dir", "/var/lib/image-manager/data"]

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the test suites need on a fresh machine of this kind (Debian, root):
-# skopeo from Debian, the Python test packages from PyPI (moto's S3 server included).
+# skopeo, qemu-img (test disk images) and openssl (test certificates) from Debian, the Python
+# test packages from PyPI (moto's S3 server and schemathesis included).
 # Idempotent and quick when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
+command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
   echo "installing Debian packages: ${need_apt[*]}"
   apt-get update -qq
@@ -17,7 +20,7 @@ fi
 moto_ok() {
   python3 -c 'import sys, moto.server, moto; sys.exit(tuple(map(int, moto.__version__.split(".")[:3])) < (5, 2, 5))' 2>/dev/null
 }
-if ! python3 -c 'import pytest, requests, oras' 2>/dev/null || ! moto_ok; then
+if ! python3 -c 'import pytest, requests, oras, schemathesis' 2>/dev/null || ! moto_ok; then
   echo "installing Python test packages"
   python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi

@@ -3,7 +3,8 @@
 # the Rust tests (unit + integration: the oci-client crate, the S3 store against moto) and the
 # Python suites (spec-tests/ conformance, tests/clients/ skopeo + ORAS, tests/server/ lifecycle,
 # replicas, GC, quotas) against real server processes on each backend pair:
-#   SQLite + filesystem, PostgreSQL + S3, MariaDB + S3.
+#   SQLite + filesystem, PostgreSQL + S3, MariaDB + S3; tests/catalog/ covers the image catalog
+#   (VM image upload and inspection, VNF packages, search, the OpenAPI document with schemathesis).
 # Each server of the PostgreSQL/MariaDB runs gets its own database (created and dropped by the
 # test harness) and its own prefix in the S3 bucket.
 set -euo pipefail
@@ -17,7 +18,7 @@ cargo clippy --all-targets -- -D warnings
 cargo build
 cargo test
 
-suites=(spec-tests tests/clients tests/server)
+suites=(spec-tests tests/clients tests/server tests/catalog)
 
 echo "== backend: SQLite + filesystem"
 python3 -m pytest "${suites[@]}" -q

@@ -17,6 +17,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub log: LogConfig,
     pub gc: GcConfig,
+    pub catalog: CatalogConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,6 +30,17 @@ pub struct ServerConfig {
     pub auth: String,
     /// Lifetime of the tokens the token endpoint issues.
     pub token_ttl_secs: u64,
+    /// The token endpoint's public URL in `WWW-Authenticate` challenges (behind a proxy);
+    /// empty: `http(s)://<Host of the request>/token`.
+    pub token_realm: Option<String>,
+    /// Lifetime of refresh tokens (`access_type=offline` / `offline_token=true`); 0: none issued.
+    pub refresh_token_ttl_secs: u64,
+    /// PEM certificate chain and private key: serve HTTPS (rustls) when both are set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address beyond loopback (behind a TLS-terminating proxy).
+    /// Off by default: without TLS, only loopback addresses are served.
+    pub allow_plain_http: bool,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +51,11 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 30,
             auth: "none".into(),
             token_ttl_secs: 300,
+            token_realm: None,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            tls_cert: None,
+            tls_key: None,
+            allow_plain_http: false,
         }
     }
 }
@@ -131,7 +148,39 @@ impl Default for GcConfig {
     }
 }
 
-const SECTIONS: [&str; 5] = ["server__", "storage__", "registry__", "log__", "gc__"];
+/// The image catalog: VM image and VNF package ingestion limits, the indexer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// VM images whose virtual disk is larger than this are refused (0: no limit).
+    pub max_virtual_size_bytes: u64,
+    /// Namespace of images uploaded without one.
+    pub default_namespace: String,
+    /// How often the catalog indexer looks for registry changes made by other replicas.
+    pub index_interval_secs: u64,
+    /// VNF packages (CSAR zips): largest upload, most entries, largest total uncompressed
+    /// size and highest compression ratio of an entry (zip bombs are refused).
+    pub max_package_bytes: u64,
+    pub max_package_entries: usize,
+    pub max_package_uncompressed_bytes: u64,
+    pub max_package_ratio: u64,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self {
+            max_virtual_size_bytes: 4 << 40,
+            default_namespace: "library".into(),
+            index_interval_secs: 2,
+            max_package_bytes: 64 << 30,
+            max_package_entries: 10_000,
+            max_package_uncompressed_bytes: 128 << 30,
+            max_package_ratio: 500,
+        }
+    }
+}
+
+const SECTIONS: [&str; 6] = ["server__", "storage__", "registry__", "log__", "gc__", "catalog__"];
 
 impl Config {
     /// Defaults, then `file` (if given), then `IMAGE_MANAGER_*` environment variables.

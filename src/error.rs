@@ -60,6 +60,12 @@ pub enum Error {
     Storage(#[from] crate::storage::StoreError),
     #[error("request body: {0}")]
     Body(String),
+    /// Content that is well-formed HTTP but refused on inspection (an unsafe disk image, a
+    /// VNF package whose hashes do not match); `problems` lists every finding.
+    #[error("{reason}")]
+    Refused { reason: String, problems: Vec<String> },
+    #[error("catalog entry unknown: {0}")]
+    EntryUnknown(String),
 }
 
 impl Error {
@@ -91,6 +97,8 @@ impl Error {
             BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             Body(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "REFUSED"),
+            EntryUnknown(_) => (StatusCode::NOT_FOUND, "ENTRY_UNKNOWN"),
         }
     }
 
@@ -118,13 +126,16 @@ impl IntoResponse for Problem {
         if status.is_server_error() {
             tracing::error!(error = %self.0, "request failed");
         }
-        let body = json!({
+        let mut body = json!({
             "type": "about:blank",
             "title": status.canonical_reason().unwrap_or("Error"),
             "status": status.as_u16(),
             "detail": self.0.message(),
             "code": code,
         });
+        if let Error::Refused { problems, .. } = &self.0 {
+            body["problems"] = json!(problems);
+        }
         let mut resp = (status, axum::Json(body)).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

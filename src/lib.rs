@@ -7,5 +7,6 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod http;
+pub mod listener;
 pub mod server;
 pub mod storage;

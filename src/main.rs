@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use image_manager::config::Config;
 use image_manager::core::gc::GcOptions;
@@ -28,6 +29,8 @@ struct StoreArgs {
     storage: Option<String>,
 }
 
+// Parsed once per process: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the registry server.
@@ -43,6 +46,15 @@ enum Command {
         /// Authentication: none (loopback only) or token (default: server.auth, none).
         #[arg(long, value_parser = ["none", "token"])]
         auth: Option<String>,
+        /// PEM certificate chain: serve HTTPS (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve plain HTTP beyond loopback (only behind a proxy that terminates TLS).
+        #[arg(long)]
+        allow_plain_http: bool,
     },
     /// Manage users: add, list, disable, delete.
     User {
@@ -53,6 +65,16 @@ enum Command {
     Robot {
         #[command(subcommand)]
         command: RobotCommand,
+    },
+    /// Manage namespaces: visibility, members and their roles, quotas.
+    Namespace {
+        #[command(subcommand)]
+        command: NamespaceCommand,
+    },
+    /// Work with the catalog of a running server: upload VM images and VNF packages.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -147,6 +169,123 @@ enum RobotCommand {
     /// Delete a robot account.
     Delete {
         name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Where the server is and who we are there.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:5000", env = "IMAGE_MANAGER_URL")]
+    server: String,
+    /// User or robot (robot$NAME) to authenticate as (HTTP Basic).
+    #[arg(long, env = "IMAGE_MANAGER_USER")]
+    user: Option<String>,
+    /// Read the password from standard input (else IMAGE_MANAGER_PASSWORD).
+    #[arg(long)]
+    password_stdin: bool,
+    /// PEM certificate to trust for an HTTPS server (beside the system's roots).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+}
+
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Upload a VM disk image (qcow2, raw, vmdk, vhd, vhdx, iso) with a progress bar; prints
+    /// the new catalog entry as JSON.
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Declared disk format; the server checks it against the bytes.
+        #[arg(long)]
+        disk_format: Option<String>,
+        #[arg(long)]
+        container_format: Option<String>,
+        /// Minimum disk in bytes.
+        #[arg(long)]
+        min_disk: Option<u64>,
+        /// Minimum RAM in bytes.
+        #[arg(long)]
+        min_ram: Option<u64>,
+        #[arg(long)]
+        os_type: Option<String>,
+        #[arg(long)]
+        os_distro: Option<String>,
+        #[arg(long)]
+        os_version: Option<String>,
+        #[arg(long)]
+        architecture: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// key=value (repeat).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Onboard a VNF package (ETSI SOL004 CSAR); prints the package's entry as JSON.
+    UploadPackage {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum NamespaceCommand {
+    /// List namespaces with their visibility, usage and quota.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Make a namespace public (anonymous pull) or private.
+    Visibility {
+        namespace: String,
+        #[arg(value_parser = ["public", "private"])]
+        visibility: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List the members of a namespace and their roles.
+    Members {
+        namespace: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Give a user a role in a namespace: reader, writer, maintainer or admin.
+    MemberSet {
+        namespace: String,
+        user: String,
+        #[arg(value_parser = ["reader", "writer", "maintainer", "admin"])]
+        role: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Take a user's role in a namespace away.
+    MemberRemove {
+        namespace: String,
+        user: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Set a namespace's storage quota in bytes, or `none` to remove it.
+    Quota {
+        namespace: String,
+        bytes: String,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -269,6 +408,279 @@ async fn run_robot(command: RobotCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Check a namespace name given on the command line.
+fn namespace_arg(ns: &str) -> anyhow::Result<String> {
+    let name = image_manager::core::names::RepoName::parse(ns)?;
+    if name.as_str().contains('/') {
+        anyhow::bail!("{ns:?} is not a namespace (the first path segment of repository names)");
+    }
+    Ok(name.as_str().to_string())
+}
+
+/// Record a change made from the command line in the audit log.
+async fn cli_audit(
+    meta: &dyn image_manager::storage::MetadataStore,
+    action: &str,
+    target: &str,
+    ns: &str,
+    detail: Option<String>,
+) {
+    let actor = std::env::var("USER")
+        .map(|u| format!("cli:{u}"))
+        .unwrap_or_else(|_| "cli".into());
+    image_manager::auth::audit(
+        meta,
+        image_manager::storage::meta::AuditRecord {
+            at: image_manager::storage::now_ms(),
+            actor,
+            action: action.into(),
+            target: target.into(),
+            namespace: Some(ns.into()),
+            remote: None,
+            outcome: "ok".into(),
+            detail,
+        },
+    )
+    .await;
+}
+
+async fn run_namespace(command: NamespaceCommand) -> anyhow::Result<()> {
+    use image_manager::storage::MetadataStore;
+    match command {
+        NamespaceCommand::List { store } => {
+            let meta = accounts(&store).await?;
+            let mut names = meta.namespaces().await?;
+            for ns in meta.public_namespaces().await? {
+                if !names.contains(&ns) {
+                    names.push(ns);
+                }
+            }
+            names.sort();
+            for ns in names {
+                let quota = match meta.namespace_quota(&ns).await? {
+                    Some(q) => q.to_string(),
+                    None => "-".into(),
+                };
+                let visibility = if meta.namespace_public(&ns).await? {
+                    "public"
+                } else {
+                    "private"
+                };
+                println!(
+                    "{ns}\t{visibility}\tused {}\tquota {quota}",
+                    meta.namespace_usage(&ns).await?
+                );
+            }
+        }
+        NamespaceCommand::Visibility {
+            namespace,
+            visibility,
+            store,
+        } => {
+            let ns = namespace_arg(&namespace)?;
+            let meta = accounts(&store).await?;
+            let public = visibility == "public";
+            meta.set_namespace_public(&ns, public).await?;
+            cli_audit(
+                &*meta,
+                "namespace.visibility",
+                &ns,
+                &ns,
+                Some(format!("public {public}")),
+            )
+            .await;
+            println!("namespace {ns} is {visibility}");
+        }
+        NamespaceCommand::Members { namespace, store } => {
+            let ns = namespace_arg(&namespace)?;
+            let meta = accounts(&store).await?;
+            for (principal, role) in meta.members(&ns).await? {
+                println!("{principal}\t{role}");
+            }
+        }
+        NamespaceCommand::MemberSet {
+            namespace,
+            user,
+            role,
+            store,
+        } => {
+            let ns = namespace_arg(&namespace)?;
+            let meta = accounts(&store).await?;
+            if meta.user_get(&user).await?.is_none() {
+                anyhow::bail!("no user {user:?}");
+            }
+            meta.set_member(&ns, &user, Some(&role)).await?;
+            cli_audit(&*meta, "member.set", &user, &ns, Some(format!("role {role}"))).await;
+            println!("{user} is {role} of {ns}");
+        }
+        NamespaceCommand::MemberRemove { namespace, user, store } => {
+            let ns = namespace_arg(&namespace)?;
+            let meta = accounts(&store).await?;
+            if !meta.set_member(&ns, &user, None).await? {
+                anyhow::bail!("{user:?} is not a member of {ns}");
+            }
+            cli_audit(&*meta, "member.remove", &user, &ns, None).await;
+            println!("{user} is no longer a member of {ns}");
+        }
+        NamespaceCommand::Quota {
+            namespace,
+            bytes,
+            store,
+        } => {
+            let ns = namespace_arg(&namespace)?;
+            let quota = match bytes.as_str() {
+                "none" => None,
+                n => Some(
+                    n.parse::<u64>()
+                        .map_err(|_| anyhow::anyhow!("quota {n:?}: a number of bytes or none"))?,
+                ),
+            };
+            let meta = accounts(&store).await?;
+            meta.set_namespace_quota(&ns, quota).await?;
+            cli_audit(
+                &*meta,
+                if quota.is_some() { "quota.set" } else { "quota.clear" },
+                &ns,
+                &ns,
+                Some(format!("bytes {quota:?}")),
+            )
+            .await;
+            println!(
+                "quota of {ns}: {}",
+                quota.map_or("none".to_string(), |q| format!("{q} bytes"))
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Stream `file` to `path` on the server with `query`, showing progress; print the answer.
+async fn upload_file(
+    client: ClientArgs,
+    path: &str,
+    query: Vec<(String, String)>,
+    file: PathBuf,
+    content_type: &str,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let password = match (&client.user, client.password_stdin) {
+        (None, _) => None,
+        (Some(_), true) => {
+            let mut p = String::new();
+            std::io::stdin().read_line(&mut p)?;
+            Some(p.trim_end_matches(['\n', '\r']).to_string())
+        }
+        (Some(_), false) => Some(
+            std::env::var("IMAGE_MANAGER_PASSWORD")
+                .map_err(|_| anyhow::anyhow!("--user needs a password: --password-stdin or IMAGE_MANAGER_PASSWORD"))?,
+        ),
+    };
+    let mut builder = reqwest::Client::builder();
+    if let Some(ca) = &client.ca_cert {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+    }
+    let http = builder.build()?;
+    let handle = tokio::fs::File::open(&file)
+        .await
+        .with_context(|| format!("opening {}", file.display()))?;
+    let size = handle.metadata().await?.len();
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} [{bar:40}] {bytes_per_sec}, {eta} left")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let progress = bar.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(handle, 1 << 20).inspect(move |chunk| {
+        if let Ok(c) = chunk {
+            progress.inc(c.len() as u64);
+        }
+    });
+    let url = format!("{}{path}", client.server.trim_end_matches('/'));
+    let mut req = http
+        .post(&url)
+        .query(&query)
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .header(reqwest::header::CONTENT_LENGTH, size)
+        .body(reqwest::Body::wrap_stream(stream));
+    if let (Some(user), Some(pw)) = (&client.user, &password) {
+        req = req.basic_auth(user, Some(pw));
+    }
+    let resp = req.send().await.with_context(|| format!("POST {url}"))?;
+    bar.finish_and_clear();
+    let status = resp.status();
+    let text = resp.text().await?;
+    if !status.is_success() {
+        let detail = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_string))
+            .unwrap_or(text);
+        anyhow::bail!("the server refused the upload ({status}): {detail}");
+    }
+    println!("{text}");
+    Ok(())
+}
+
+async fn run_image(command: ImageCommand) -> anyhow::Result<()> {
+    match command {
+        ImageCommand::Upload {
+            file,
+            name,
+            version,
+            namespace,
+            disk_format,
+            container_format,
+            min_disk,
+            min_ram,
+            os_type,
+            os_distro,
+            os_version,
+            architecture,
+            description,
+            labels,
+            client,
+        } => {
+            let mut q: Vec<(String, String)> = vec![("name".into(), name), ("version".into(), version)];
+            let optional = [
+                ("namespace", namespace),
+                ("disk_format", disk_format),
+                ("container_format", container_format),
+                ("min_disk", min_disk.map(|v| v.to_string())),
+                ("min_ram", min_ram.map(|v| v.to_string())),
+                ("os_type", os_type),
+                ("os_distro", os_distro),
+                ("os_version", os_version),
+                ("architecture", architecture),
+                ("description", description),
+                ("file_name", file.file_name().map(|f| f.to_string_lossy().into_owned())),
+            ];
+            for (k, v) in optional {
+                if let Some(v) = v {
+                    q.push((k.into(), v));
+                }
+            }
+            q.extend(labels.into_iter().map(|l| ("label".to_string(), l)));
+            upload_file(client, "/api/v1/images", q, file, "application/octet-stream").await
+        }
+        ImageCommand::UploadPackage {
+            file,
+            name,
+            version,
+            namespace,
+            client,
+        } => {
+            let mut q: Vec<(String, String)> = Vec::new();
+            for (k, v) in [("name", name), ("version", version), ("namespace", namespace)] {
+                if let Some(v) = v {
+                    q.push((k.into(), v));
+                }
+            }
+            upload_file(client, "/api/v1/packages", q, file, "application/zip").await
+        }
+    }
+}
+
 fn load(store: &StoreArgs) -> anyhow::Result<Config> {
     let mut config = Config::load(store.config.as_deref())?;
     if let Some(d) = &store.data_dir {
@@ -314,8 +726,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             log_json,
             auth,
+            tls_cert,
+            tls_key,
+            allow_plain_http,
         } => {
             let mut config = load(&store)?;
+            if tls_cert.is_some() {
+                config.server.tls_cert = tls_cert;
+                config.server.tls_key = tls_key;
+            }
+            if allow_plain_http {
+                config.server.allow_plain_http = true;
+            }
             if let Some(l) = listen {
                 config.server.listen = l;
             }
@@ -330,6 +752,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::User { command } => run_user(command).await,
         Command::Robot { command } => run_robot(command).await,
+        Command::Namespace { command } => run_namespace(command).await,
+        Command::Image { command } => run_image(command).await,
         Command::Migrate { store } => {
             let config = load(&store)?;
             init_logging(&config);

@@ -68,6 +68,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
              admin with `image-manager user add NAME --admin --password-stdin`"
         );
     }
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => bail!("server.tls_cert and server.tls_key go together: set both or neither"),
+    };
+    if tls.is_none() && !local.ip().is_loopback() && !config.server.allow_plain_http {
+        bail!(
+            "refusing to serve plain HTTP on {local}: passwords and tokens would cross the network in \
+             clear text. Give a certificate and key (--tls-cert/--tls-key, server.tls_cert/tls_key), \
+             listen on loopback, or, behind a proxy that terminates TLS, set --allow-plain-http \
+             (server.allow_plain_http = true)"
+        );
+    }
     let auth = match mode {
         AuthMode::None => Auth::none(),
         AuthMode::Token => {
@@ -77,23 +90,43 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                      --admin --password-stdin` and the same --data-dir/--database"
                 );
             }
-            Auth::token(&*meta, config.server.token_ttl_secs)
-                .await
-                .context("loading the token signing key")?
+            Auth::token(
+                &*meta,
+                config.server.token_ttl_secs,
+                config.server.refresh_token_ttl_secs,
+            )
+            .await
+            .context("loading the token signing key")?
+            .with_realm(config.server.token_realm.clone(), tls.is_some())
         }
     };
-    let registry = Arc::new(Registry::new(blobs, meta, config.registry.clone()).with_auth(auth));
-    tracing::info!(listen = %local, auth = %config.server.auth, data_dir = %config.server.data_dir.display(), "image-manager serving");
+    let registry = Arc::new(
+        Registry::new(blobs, meta, config.registry.clone())
+            .with_catalog(config.catalog.clone())
+            .with_auth(auth),
+    );
+    let incoming = match &tls {
+        Some((cert, key)) => crate::listener::Incoming::tls(listener, cert, key)?,
+        None => crate::listener::Incoming::plain(listener)?,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %local, scheme, auth = %config.server.auth, data_dir = %config.server.data_dir.display(), "image-manager serving");
 
     let sweeper = tokio::spawn(sweep_uploads(registry.clone()));
     let (gc_stop, gc_stop_rx) = tokio::sync::watch::channel(false);
+    let indexer = tokio::spawn(crate::core::catalog::run_indexer(
+        registry.clone(),
+        Duration::from_secs(config.catalog.index_interval_secs.max(1)),
+        gc_stop_rx.clone(),
+    ));
     let collector = (config.gc.interval_secs > 0)
         .then(|| tokio::spawn(collect_garbage(registry.clone(), config.gc.clone(), gc_stop_rx)));
     let app = crate::http::router(registry);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_wait = stop_rx.clone();
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    use axum::serve::ListenerExt;
+    let server = axum::serve(incoming.tap_io(|_| ()), app).with_graceful_shutdown(async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|s| *s).await;
     });
@@ -111,6 +144,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let _ = stop_wait.wait_for(|s| *s).await;
     sweeper.abort();
+    indexer.abort();
     if let Some(mut collector) = collector {
         // A collection in progress stops between two removals.
         let _ = gc_stop.send(true);

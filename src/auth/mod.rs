@@ -7,7 +7,7 @@
 //! [`Auth::login`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -177,7 +177,7 @@ pub enum Resource<'a> {
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub principal: Principal,
-    pub token: Option<Vec<Access>>,
+    pub token: Option<Arc<Vec<Access>>>,
 }
 
 impl Identity {
@@ -215,13 +215,47 @@ struct Keys {
     decoding: DecodingKey,
 }
 
-/// Authentication state of a server: mode, signing key, and the failed-login counters.
+/// The claims of a refresh token: who, until when. Its audience differs from that of access tokens,
+/// so neither kind passes for the other.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RefreshClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub iat: u64,
+    pub jti: String,
+}
+
+/// The audience of refresh tokens.
+const REFRESH_AUDIENCE: &str = "image-manager#refresh";
+
+/// Authentication state of a server: mode, signing key, the failed-login counters, and the
+/// tokens whose signature was checked already.
 pub struct Auth {
     pub mode: AuthMode,
     pub token_ttl_secs: u64,
+    /// 0: no refresh tokens are issued.
+    pub refresh_token_ttl_secs: u64,
+    /// The token endpoint's URL in challenges; `None`: derived from the request's Host.
+    pub realm: Option<String>,
+    /// The server speaks TLS (challenges name an https realm).
+    pub tls: bool,
     keys: Option<Keys>,
     failures: Mutex<HashMap<String, (u32, Instant)>>,
+    verified: RwLock<HashMap<String, Verified>>,
 }
+
+/// A token whose signature, issuer and audience were checked: its expiry is still checked on
+/// every use. A token that differs in any byte is a different key and is checked in full.
+struct Verified {
+    exp: u64,
+    sub: String,
+    access: Arc<Vec<Access>>,
+}
+
+/// Tokens kept in [`Auth::verified`]: when full, expired ones are dropped, then all.
+const VERIFIED_CAPACITY: usize = 10_000;
 
 /// Failed logins of one name from one address are forgotten after this long.
 const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
@@ -232,14 +266,22 @@ impl Auth {
         Auth {
             mode: AuthMode::None,
             token_ttl_secs: 300,
+            refresh_token_ttl_secs: 0,
+            realm: None,
+            tls: false,
             keys: None,
             failures: Mutex::new(HashMap::new()),
+            verified: RwLock::new(HashMap::new()),
         }
     }
 
     /// Token mode, with the signing key from the metadata store (generated and stored by the
     /// first server to start, so replicas share it).
-    pub async fn token(meta: &dyn MetadataStore, token_ttl_secs: u64) -> Result<Self, StoreError> {
+    pub async fn token(
+        meta: &dyn MetadataStore,
+        token_ttl_secs: u64,
+        refresh_token_ttl_secs: u64,
+    ) -> Result<Self, StoreError> {
         let key = match meta.setting(KEY_SETTING).await? {
             Some(k) => k,
             None => {
@@ -258,12 +300,24 @@ impl Auth {
         Ok(Auth {
             mode: AuthMode::Token,
             token_ttl_secs: token_ttl_secs.max(1),
+            refresh_token_ttl_secs,
+            realm: None,
+            tls: false,
             keys: Some(Keys {
                 encoding: EncodingKey::from_ec_der(&pkcs8),
                 decoding: DecodingKey::from_ec_der(pair.public_key().as_ref()),
             }),
             failures: Mutex::new(HashMap::new()),
+            verified: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Where challenges send clients for tokens: an explicit realm URL, and whether the
+    /// server speaks TLS (for realms derived from the request's Host).
+    pub fn with_realm(mut self, realm: Option<String>, tls: bool) -> Self {
+        self.realm = realm.filter(|r| !r.is_empty());
+        self.tls = tls;
+        self
     }
 
     pub fn enabled(&self) -> bool {
@@ -518,11 +572,10 @@ impl Auth {
             return Ok(Identity { principal, token: None });
         }
         if scheme.eq_ignore_ascii_case("bearer") {
-            let claims = self.verify(rest)?;
-            let principal = principal_of_sub(&claims.sub);
+            let (sub, access) = self.verify_cached(rest)?;
             return Ok(Identity {
-                principal,
-                token: Some(claims.access),
+                principal: principal_of_sub(&sub),
+                token: Some(access),
             });
         }
         Err(Error::Unauthorized(format!(
@@ -586,10 +639,6 @@ impl Auth {
     pub fn issue(&self, p: &Principal, access: Vec<Access>) -> Result<String> {
         let keys = self.keys.as_ref().ok_or(Error::NotFound)?;
         let now = (now_ms() / 1000).max(0) as u64;
-        let mut jti = [0u8; 16];
-        SystemRandom::new()
-            .fill(&mut jti)
-            .map_err(|_| Error::Storage(StoreError::Other("random number generator failed".into())))?;
         let claims = Claims {
             iss: ISSUER.into(),
             sub: p.actor(),
@@ -597,11 +646,94 @@ impl Auth {
             exp: now + self.token_ttl_secs,
             nbf: now,
             iat: now,
-            jti: hex::encode(jti),
+            jti: random_id()?,
             access,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &keys.encoding)
             .map_err(|e| Error::Storage(StoreError::Other(format!("signing a token: {e}"))))
+    }
+
+    /// [`Self::verify`], remembering tokens that passed so that a client sending the same token
+    /// on every request pays for the signature check once. Expiry is checked on every call.
+    fn verify_cached(&self, token: &str) -> Result<(String, Arc<Vec<Access>>)> {
+        let now = (now_ms() / 1000).max(0) as u64;
+        if let Ok(cache) = self.verified.read() {
+            if let Some(v) = cache.get(token) {
+                if now < v.exp {
+                    return Ok((v.sub.clone(), v.access.clone()));
+                }
+                return Err(Error::Unauthorized("invalid token: ExpiredSignature".into()));
+            }
+        }
+        let claims = self.verify(token)?;
+        let access = Arc::new(claims.access);
+        if let Ok(mut cache) = self.verified.write() {
+            if cache.len() >= VERIFIED_CAPACITY {
+                cache.retain(|_, v| now < v.exp);
+                if cache.len() >= VERIFIED_CAPACITY {
+                    cache.clear();
+                }
+            }
+            cache.insert(
+                token.to_string(),
+                Verified {
+                    exp: claims.exp,
+                    sub: claims.sub.clone(),
+                    access: access.clone(),
+                },
+            );
+        }
+        Ok((claims.sub, access))
+    }
+
+    /// A refresh token for `p` (`None` when refresh tokens are turned off).
+    pub fn issue_refresh(&self, p: &Principal) -> Result<Option<String>> {
+        let keys = self.keys.as_ref().ok_or(Error::NotFound)?;
+        if self.refresh_token_ttl_secs == 0 || matches!(p, Principal::Anonymous) {
+            return Ok(None);
+        }
+        let now = (now_ms() / 1000).max(0) as u64;
+        let claims = RefreshClaims {
+            iss: ISSUER.into(),
+            sub: p.actor(),
+            aud: REFRESH_AUDIENCE.into(),
+            exp: now + self.refresh_token_ttl_secs,
+            iat: now,
+            jti: random_id()?,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &keys.encoding)
+            .map(Some)
+            .map_err(|e| Error::Storage(StoreError::Other(format!("signing a token: {e}"))))
+    }
+
+    /// The account a refresh token stands for, as it is now: a disabled, deleted or expired
+    /// account gets nothing more, whatever its refresh token says.
+    pub async fn refresh(&self, meta: &dyn MetadataStore, token: &str) -> Result<Principal> {
+        let keys = self
+            .keys
+            .as_ref()
+            .ok_or_else(|| Error::Unauthorized("tokens are not enabled".into()))?;
+        let mut v = Validation::new(Algorithm::ES256);
+        v.leeway = 0;
+        v.set_audience(&[REFRESH_AUDIENCE]);
+        v.set_issuer(&[ISSUER]);
+        v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        let claims = jsonwebtoken::decode::<RefreshClaims>(token, &keys.decoding, &v)
+            .map_err(|e| Error::Unauthorized(format!("invalid refresh token: {e}")))?
+            .claims;
+        let principal = principal_by_actor(meta, &claims.sub).await?;
+        let live = match &principal {
+            Principal::Anonymous => false,
+            Principal::Robot { expires_at, .. } => expires_at.is_none_or(|e| e > now_ms()),
+            Principal::User { .. } => true,
+        };
+        if !live {
+            return Err(Error::Unauthorized(format!(
+                "the account {:?} of this refresh token is disabled, deleted or expired",
+                claims.sub
+            )));
+        }
+        Ok(principal)
     }
 
     /// Check a token's signature (ES256 only), expiry, issuer and audience.
@@ -619,6 +751,15 @@ impl Auth {
             .map(|d| d.claims)
             .map_err(|e| Error::Unauthorized(format!("invalid token: {e}")))
     }
+}
+
+/// 128 random bits in hex (token ids).
+fn random_id() -> Result<String> {
+    let mut id = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut id)
+        .map_err(|_| Error::Storage(StoreError::Other("random number generator failed".into())))?;
+    Ok(hex::encode(id))
 }
 
 /// The principal a token's `sub` names. Tokens carry their grants, so only the name matters.

@@ -1,9 +1,14 @@
 //! The registry core: what a repository holds and the rules for changing it. HTTP surfaces call
 //! these methods; these methods reach storage only through [`BlobStore`] and [`MetadataStore`].
 
+pub mod catalog;
+pub mod csar;
 pub mod gc;
+pub mod ingest;
+pub mod inspect;
 pub mod manifest;
 pub mod names;
+pub mod package;
 pub mod uploads;
 
 use std::collections::HashMap;
@@ -26,11 +31,14 @@ pub struct Registry {
     pub blobs: Arc<dyn BlobStore>,
     pub meta: Arc<dyn MetadataStore>,
     pub config: RegistryConfig,
+    pub catalog: crate::config::CatalogConfig,
     /// Authentication mode, token keys and the access policy ([`crate::auth`]).
     pub auth: Arc<crate::auth::Auth>,
     /// Running sha256 of upload sessions this process served last, keyed by id, with the
     /// offset it covers. Missing or stale entries are rebuilt from the stored bytes.
     hashers: Mutex<HashMap<String, (u64, Sha256)>>,
+    /// Woken after this process changed what the registry holds (the catalog indexer waits).
+    pub events: tokio::sync::Notify,
 }
 
 /// A manifest as served.
@@ -60,9 +68,17 @@ impl Registry {
             blobs,
             meta,
             config,
+            catalog: crate::config::CatalogConfig::default(),
             auth: Arc::new(crate::auth::Auth::none()),
             hashers: Mutex::new(HashMap::new()),
+            events: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The same registry with catalog settings `catalog`.
+    pub fn with_catalog(mut self, catalog: crate::config::CatalogConfig) -> Self {
+        self.catalog = catalog;
+        self
     }
 
     /// The same registry with access control `auth`.
@@ -140,10 +156,13 @@ impl Registry {
             manifests: parsed.manifests.iter().map(ToString::to_string).collect(),
         };
         match self.meta.manifest_put(repo.as_str(), &record, &tags).await? {
-            PutOutcome::Stored => Ok(Pushed {
-                digest,
-                subject: parsed.subject,
-                tags,
+            PutOutcome::Stored => Ok({
+                self.events.notify_one();
+                Pushed {
+                    digest,
+                    subject: parsed.subject,
+                    tags,
+                }
             }),
             PutOutcome::MissingBlobs(list) => Err(Error::ManifestBlobUnknown(list.join(", "))),
             PutOutcome::MissingManifests(list) => Err(Error::ManifestBlobUnknown(format!(
@@ -175,6 +194,7 @@ impl Registry {
             Reference::Digest(d) => self.meta.manifest_delete(repo.as_str(), d.as_str()).await?,
         };
         if gone {
+            self.events.notify_one();
             Ok(())
         } else {
             Err(Error::ManifestUnknown)

@@ -31,6 +31,13 @@ pub struct UploadState {
     pub offset: u64,
 }
 
+/// Upload data of a known digest and size, not yet a blob.
+pub struct StagedBlob {
+    id: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
 /// Outcome of a mount request.
 pub enum Mount {
     Mounted,
@@ -278,6 +285,83 @@ impl Registry {
             }
         }
         result
+    }
+
+    /// Stream a body of unknown digest into new upload data, hashing it with sha256 and
+    /// handing every chunk to `taps` too (other hashes, inspection), each of which may be
+    /// slower than the disk: a full tap holds the body back. Nothing is readable until
+    /// [`Self::commit_staged`]; [`Self::discard_staged`] removes the data.
+    pub async fn stage_blob<S, E>(&self, mut body: S, taps: &[tokio::sync::mpsc::Sender<Bytes>]) -> Result<StagedBlob>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.blobs.upload_create(&id).await?;
+        let staged = async {
+            let mut hasher = Sha256::new();
+            let mut writer = self.blobs.upload_writer(&id, 0).await?;
+            let mut size = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| Error::Body(format!("reading request body: {e}")))?;
+                if chunk.is_empty() {
+                    continue;
+                }
+                for t in taps {
+                    t.send(chunk.clone())
+                        .await
+                        .map_err(|_| Error::Body("content inspection stopped early".into()))?;
+                }
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                writer.write(chunk).await?;
+            }
+            writer.finish().await?;
+            Ok(StagedBlob {
+                id: id.clone(),
+                digest: Digest::sha256_of_hex(&hex::encode(hasher.finalize())),
+                size,
+            })
+        }
+        .await;
+        if staged.is_err() {
+            if let Err(e) = self.blobs.upload_abort(&id).await {
+                tracing::warn!(error = %e, "could not remove failed upload data");
+            }
+        }
+        staged
+    }
+
+    /// Make staged data the blob it hashed to, readable in `repo` (quota checked).
+    pub async fn commit_staged(&self, repo: &RepoName, staged: &StagedBlob) -> Result<()> {
+        let done = self
+            .commit_blob(repo, &staged.id, &staged.digest, staged.size, false)
+            .await;
+        if done.is_err() {
+            self.discard_staged(staged).await;
+        }
+        done
+    }
+
+    /// Make upload session `id` (already verified to hash to `digest`) the blob `digest` and
+    /// close the session.
+    pub(crate) async fn commit_session(&self, repo: &RepoName, id: &str, digest: &Digest, size: u64) -> Result<()> {
+        if let Ok(mut m) = self.hashers.lock() {
+            m.remove(id);
+        }
+        self.commit_blob(repo, id, digest, size, true).await
+    }
+
+    /// The bytes of upload session `id` so far.
+    pub(crate) async fn session_bytes(&self, repo: &RepoName, id: &str) -> Result<(u64, crate::storage::ByteStream)> {
+        let size = self.session(repo, id).await?;
+        Ok((size, self.blobs.upload_read(id, size).await?))
+    }
+
+    pub async fn discard_staged(&self, staged: &StagedBlob) {
+        if let Err(e) = self.blobs.upload_abort(&staged.id).await {
+            tracing::warn!(error = %e, "could not remove staged upload data");
+        }
     }
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {

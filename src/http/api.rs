@@ -44,12 +44,12 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The authenticated caller of an API request, and where from.
-struct Caller {
-    principal: Principal,
-    remote: Option<String>,
+pub(super) struct Caller {
+    pub principal: Principal,
+    pub remote: Option<String>,
 }
 
-async fn caller(state: &AppState, parts: &Parts) -> Result<Caller, Problem> {
+pub(super) async fn caller(state: &AppState, parts: &Parts) -> Result<Caller, Problem> {
     let remote = super::remote_addr(&parts.extensions);
     let id = state
         .auth
@@ -70,7 +70,31 @@ impl Caller {
         Ok(state.auth.authorize(&*state.meta, &self.principal, action, res).await?)
     }
 
-    async fn audit(&self, state: &AppState, action: &str, target: &str, ns: Option<&str>, detail: Option<String>) {
+    pub(super) async fn audit(
+        &self,
+        state: &AppState,
+        action: &str,
+        target: &str,
+        ns: Option<&str>,
+        detail: Option<String>,
+    ) {
+        self.record(state, action, target, ns, "ok", detail).await;
+    }
+
+    /// Record a refused or failed action.
+    pub(super) async fn audit_outcome(&self, state: &AppState, action: &str, outcome: &str, detail: Option<String>) {
+        self.record(state, action, "", None, outcome, detail).await;
+    }
+
+    async fn record(
+        &self,
+        state: &AppState,
+        action: &str,
+        target: &str,
+        ns: Option<&str>,
+        outcome: &str,
+        detail: Option<String>,
+    ) {
         crate::auth::audit(
             &*state.meta,
             AuditRecord {
@@ -80,7 +104,7 @@ impl Caller {
                 target: target.into(),
                 namespace: ns.map(str::to_string),
                 remote: self.remote.clone(),
-                outcome: "ok".into(),
+                outcome: outcome.into(),
                 detail,
             },
         )
@@ -89,7 +113,7 @@ impl Caller {
 }
 
 /// A namespace's storage: bytes of the distinct blobs its repositories hold, and its quota.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NamespaceUsage {
     pub name: String,
     pub usage_bytes: u64,
@@ -97,7 +121,7 @@ pub struct NamespaceUsage {
     pub quota_bytes: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaBody {
     /// Bytes; `null` removes the namespace's own quota (the configured default applies).
@@ -127,7 +151,18 @@ async fn usage(state: &AppState, ns: &str) -> Result<NamespaceUsage, Problem> {
     })
 }
 
-async fn list_namespaces(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<NamespaceUsage>>, Problem> {
+#[utoipa::path(
+    get, path = "/api/v1/admin/namespaces", tag = "admin",
+    responses(
+        (status = 200, description = "Namespaces the caller administers, with usage and quota", body = Vec<NamespaceUsage>),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn list_namespaces(
+    State(state): State<AppState>,
+    parts: Parts,
+) -> Result<Json<Vec<NamespaceUsage>>, Problem> {
     let c = caller(&state, &parts).await?;
     let mut out = Vec::new();
     for ns in state.meta.namespaces().await? {
@@ -145,7 +180,18 @@ async fn list_namespaces(State(state): State<AppState>, parts: Parts) -> Result<
     Ok(Json(out))
 }
 
-async fn get_namespace(
+#[utoipa::path(
+    get, path = "/api/v1/admin/namespaces/{ns}", tag = "admin",
+    params(("ns" = String, Path, description = "Namespace (first path segment of repository names)")),
+    responses(
+        (status = 200, description = "Usage and quota", body = NamespaceUsage),
+        (status = 400, description = "Invalid request", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn get_namespace(
     State(state): State<AppState>,
     Path(ns): Path<String>,
     parts: Parts,
@@ -158,7 +204,19 @@ async fn get_namespace(
     Ok(Json(usage(&state, ns).await?))
 }
 
-async fn set_quota(
+#[utoipa::path(
+    put, path = "/api/v1/admin/namespaces/{ns}/quota", tag = "admin",
+    params(("ns" = String, Path, description = "Namespace (first path segment of repository names)")),
+    request_body = QuotaBody,
+    responses(
+        (status = 200, description = "Usage and the new quota", body = NamespaceUsage),
+        (status = 400, description = "Invalid request", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn set_quota(
     State(state): State<AppState>,
     Path(ns): Path<String>,
     parts: Parts,
@@ -180,7 +238,18 @@ async fn set_quota(
     Ok(Json(usage(&state, ns).await?))
 }
 
-async fn clear_quota(
+#[utoipa::path(
+    delete, path = "/api/v1/admin/namespaces/{ns}/quota", tag = "admin",
+    params(("ns" = String, Path, description = "Namespace (first path segment of repository names)")),
+    responses(
+        (status = 204, description = "The namespace's own quota is removed"),
+        (status = 400, description = "Invalid request", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn clear_quota(
     State(state): State<AppState>,
     Path(ns): Path<String>,
     parts: Parts,
@@ -193,13 +262,25 @@ async fn clear_quota(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct VisibilityBody {
+pub(super) struct VisibilityBody {
     public: bool,
 }
 
-async fn set_visibility(
+#[utoipa::path(
+    put, path = "/api/v1/admin/namespaces/{ns}/visibility", tag = "admin",
+    params(("ns" = String, Path, description = "Namespace (first path segment of repository names)")),
+    request_body = VisibilityBody,
+    responses(
+        (status = 200, description = "The visibility", body = Object),
+        (status = 400, description = "Invalid request", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn set_visibility(
     State(state): State<AppState>,
     Path(ns): Path<String>,
     parts: Parts,
@@ -221,7 +302,18 @@ async fn set_visibility(
     Ok(Json(json!({ "name": ns, "public": body.public })))
 }
 
-async fn list_members(
+#[utoipa::path(
+    get, path = "/api/v1/admin/namespaces/{ns}/members", tag = "admin",
+    params(("ns" = String, Path, description = "Namespace (first path segment of repository names)")),
+    responses(
+        (status = 200, description = "Members and their roles", body = Object),
+        (status = 400, description = "Invalid request", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn list_members(
     State(state): State<AppState>,
     Path(ns): Path<String>,
     parts: Parts,
@@ -243,13 +335,25 @@ async fn list_members(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MemberBody {
+pub(super) struct MemberBody {
     role: String,
 }
 
-async fn set_member(
+#[utoipa::path(
+    put, path = "/api/v1/admin/namespaces/{ns}/members/{principal}", tag = "admin",
+    params(("ns" = String, Path, description = "Namespace (first path segment of repository names)"), ("principal" = String, Path, description = "User name")),
+    request_body = MemberBody,
+    responses(
+        (status = 200, description = "The membership", body = Object),
+        (status = 400, description = "Invalid request", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn set_member(
     State(state): State<AppState>,
     Path((ns, principal)): Path<(String, String)>,
     parts: Parts,
@@ -282,7 +386,19 @@ async fn set_member(
     ))
 }
 
-async fn remove_member(
+#[utoipa::path(
+    delete, path = "/api/v1/admin/namespaces/{ns}/members/{principal}", tag = "admin",
+    params(("ns" = String, Path, description = "Namespace (first path segment of repository names)"), ("principal" = String, Path, description = "User name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Invalid request", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn remove_member(
     State(state): State<AppState>,
     Path((ns, principal)): Path<(String, String)>,
     parts: Parts,
@@ -303,21 +419,42 @@ async fn system(state: &AppState, parts: &Parts) -> Result<Caller, Problem> {
     Ok(c)
 }
 
-async fn list_users(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<UserRecord>>, Problem> {
+#[utoipa::path(
+    get, path = "/api/v1/admin/users", tag = "admin",
+    responses(
+        (status = 200, description = "Users", body = Vec<UserRecord>),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn list_users(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<UserRecord>>, Problem> {
     system(&state, &parts).await?;
     Ok(Json(state.meta.users().await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UserBody {
+pub(super) struct UserBody {
     name: String,
     password: String,
     #[serde(default)]
     admin: bool,
 }
 
-async fn add_user(
+#[utoipa::path(
+    post, path = "/api/v1/admin/users", tag = "admin",
+    request_body = UserBody,
+    responses(
+        (status = 201, description = "The user", body = UserRecord, links(("DeleteUser" = (operation_id = "delete_user", parameters(("name" = "$response.body#/name")))), ("DisableUser" = (operation_id = "disable_user", parameters(("name" = "$response.body#/name")))))),
+        (status = 400, description = "Invalid request", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The user exists", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn add_user(
     State(state): State<AppState>,
     parts: Parts,
     body: Result<Json<UserBody>, JsonRejection>,
@@ -336,7 +473,18 @@ async fn add_user(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-async fn delete_user(
+#[utoipa::path(
+    delete, path = "/api/v1/admin/users/{name}", tag = "admin",
+    params(("name" = String, Path, description = "User name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn delete_user(
     State(state): State<AppState>,
     Path(name): Path<String>,
     parts: Parts,
@@ -349,7 +497,18 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn disable_user(
+#[utoipa::path(
+    post, path = "/api/v1/admin/users/{name}/disable", tag = "admin",
+    params(("name" = String, Path, description = "User name")),
+    responses(
+        (status = 204, description = "Disabled"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn disable_user(
     State(state): State<AppState>,
     Path(name): Path<String>,
     parts: Parts,
@@ -362,21 +521,45 @@ async fn disable_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_robots(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<RobotRecord>>, Problem> {
+#[utoipa::path(
+    get, path = "/api/v1/admin/robots", tag = "admin",
+    responses(
+        (status = 200, description = "Robot accounts", body = Vec<RobotRecord>),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn list_robots(
+    State(state): State<AppState>,
+    parts: Parts,
+) -> Result<Json<Vec<RobotRecord>>, Problem> {
     system(&state, &parts).await?;
     Ok(Json(state.meta.robots().await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RobotBody {
+pub(super) struct RobotBody {
     name: String,
     namespaces: Vec<String>,
     actions: Vec<String>,
     expires_days: Option<u64>,
 }
 
-async fn add_robot(
+#[utoipa::path(
+    post, path = "/api/v1/admin/robots", tag = "admin",
+    request_body = RobotBody,
+    responses(
+        (status = 201, description = "The robot with its login and secret (shown once)", body = Object, links(("DeleteRobot" = (operation_id = "delete_robot", parameters(("name" = "$response.body#/name")))), ("DisableRobot" = (operation_id = "disable_robot", parameters(("name" = "$response.body#/name")))))),
+        (status = 400, description = "Invalid request", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The robot exists", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn add_robot(
     State(state): State<AppState>,
     parts: Parts,
     body: Result<Json<RobotBody>, JsonRejection>,
@@ -393,7 +576,18 @@ async fn add_robot(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
-async fn delete_robot(
+#[utoipa::path(
+    delete, path = "/api/v1/admin/robots/{name}", tag = "admin",
+    params(("name" = String, Path, description = "Robot name (without robot$)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn delete_robot(
     State(state): State<AppState>,
     Path(name): Path<String>,
     parts: Parts,
@@ -406,7 +600,18 @@ async fn delete_robot(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn disable_robot(
+#[utoipa::path(
+    post, path = "/api/v1/admin/robots/{name}/disable", tag = "admin",
+    params(("name" = String, Path, description = "Robot name (without robot$)")),
+    responses(
+        (status = 204, description = "Disabled"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn disable_robot(
     State(state): State<AppState>,
     Path(name): Path<String>,
     parts: Parts,
@@ -419,9 +624,10 @@ async fn disable_robot(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct AuditQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct AuditQuery {
     namespace: Option<String>,
     actor: Option<String>,
     /// ms since the epoch.
@@ -430,7 +636,18 @@ struct AuditQuery {
     limit: Option<u32>,
 }
 
-async fn list_audit(
+#[utoipa::path(
+    get, path = "/api/v1/admin/audit", tag = "admin",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Audit records, oldest first", body = Vec<AuditRecord>),
+        (status = 400, description = "Invalid request", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn list_audit(
     State(state): State<AppState>,
     parts: Parts,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,

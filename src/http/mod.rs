@@ -2,6 +2,8 @@
 //! surfaces (catalog API, portal) are nested here beside them.
 
 pub mod api;
+pub mod catalog;
+pub mod openapi;
 pub mod registry;
 pub mod token;
 
@@ -28,6 +30,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", any(registry::dispatch))
         .route("/v2/{*path}", any(registry::dispatch))
         .route("/token", get(token::get).post(token::post))
+        .merge(catalog::router())
+        .merge(openapi::router())
         .merge(api::router())
         .with_state(state)
         .layer(axum::middleware::from_fn(limit_headers))

@@ -172,7 +172,7 @@ pub async fn dispatch(State(reg): State<AppState>, req: axum::extract::Request) 
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if unauthorized && reg.auth.enabled() {
-            if let Ok(v) = HeaderValue::from_str(&challenge(&headers, &method, uri.path())) {
+            if let Ok(v) = HeaderValue::from_str(&challenge(&reg.auth, &headers, &method, uri.path())) {
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }
         }
@@ -199,14 +199,17 @@ fn requirement<'a>(route: &Route<'a>, method: &Method) -> (Option<&'a str>, Acti
 }
 
 /// The `WWW-Authenticate` challenge of a 401: where to get a token, and for what scope.
-fn challenge(headers: &HeaderMap, method: &Method, path: &str) -> String {
-    let host = header_str(headers, header::HOST)
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b)))
-        .unwrap_or("localhost");
-    let mut c = format!(
-        "Bearer realm=\"http://{host}/token\",service=\"{}\"",
-        crate::auth::SERVICE
-    );
+fn challenge(auth: &crate::auth::Auth, headers: &HeaderMap, method: &Method, path: &str) -> String {
+    let realm = match &auth.realm {
+        Some(r) => r.clone(),
+        None => {
+            let host = header_str(headers, header::HOST)
+                .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b)))
+                .unwrap_or("localhost");
+            format!("{}://{host}/token", if auth.tls { "https" } else { "http" })
+        }
+    };
+    let mut c = format!("Bearer realm=\"{realm}\",service=\"{}\"", crate::auth::SERVICE);
     match route(path) {
         Some(Route::Catalog) => c.push_str(",scope=\"registry:catalog:*\""),
         Some(r) => {

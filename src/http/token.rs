@@ -1,7 +1,9 @@
 //! The token endpoint of Docker's token authentication (`realm` of the `/v2` challenge):
 //! `GET /token?service=&scope=` with optional HTTP Basic, and the OAuth2 form POST
-//! (`grant_type=password`) newer clients use. It answers a short-lived signed token that
-//! carries the grants the policy allows, possibly fewer than asked for.
+//! (`grant_type=password` or `refresh_token`) newer clients use. It answers a short-lived
+//! signed token that carries the grants the policy allows, possibly fewer than asked for, and
+//! on request (`access_type=offline`, `offline_token=true`) a long-lived refresh token that
+//! stands for the account itself and is exchanged for access tokens as the account is then.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -36,7 +38,7 @@ fn check_service(pairs: &[(String, String)]) -> Result<()> {
     }
 }
 
-async fn answer(state: &AppState, principal: &Principal, scopes: &[String]) -> Result<Response> {
+async fn answer(state: &AppState, principal: &Principal, scopes: &[String], offline: bool) -> Result<Response> {
     let access = state.auth.grant(&*state.meta, principal, scopes).await?;
     let scope: Vec<String> = access
         .iter()
@@ -44,13 +46,24 @@ async fn answer(state: &AppState, principal: &Principal, scopes: &[String]) -> R
         .map(|a| format!("{}:{}:{}", a.kind, a.name, a.actions.join(",")))
         .collect();
     let token = state.auth.issue(principal, access)?;
-    Ok(Json(json!({
+    let mut body = json!({
         "token": token,
         "access_token": token,
         "expires_in": state.auth.token_ttl_secs,
+        "issued_at": iso_now(),
         "scope": scope.join(" "),
-    }))
-    .into_response())
+    });
+    if offline {
+        if let Some(refresh) = state.auth.issue_refresh(principal)? {
+            body["refresh_token"] = json!(refresh);
+        }
+    }
+    Ok(Json(body).into_response())
+}
+
+/// The current time as RFC 3339 UTC (the `issued_at` of token responses).
+fn iso_now() -> String {
+    crate::storage::rfc3339(crate::storage::now_ms())
 }
 
 /// `GET /token`: Basic credentials (or none, for what anonymous callers may do).
@@ -74,7 +87,8 @@ async fn run_get(state: &AppState, uri: &Uri, parts: &Parts) -> Result<Response>
     if id.token.is_some() {
         return Err(Error::Unauthorized("a token cannot be exchanged for another".into()));
     }
-    answer(state, &id.principal, &all(&q, "scope")).await
+    let offline = one(&q, "offline_token") == Some("true");
+    answer(state, &id.principal, &all(&q, "scope"), offline).await
 }
 
 /// `POST /token`: the OAuth2 password grant (`application/x-www-form-urlencoded`).
@@ -96,10 +110,18 @@ async fn run_post(state: &AppState, parts: &Parts, body: &[u8]) -> Result<Respon
             let user = one(&form, "username").unwrap_or_default();
             let pass = one(&form, "password").unwrap_or_default();
             let principal = state.auth.login(&*state.meta, user, pass, remote.as_deref()).await?;
-            answer(state, &principal, &all(&form, "scope")).await
+            let offline = one(&form, "access_type") == Some("offline");
+            answer(state, &principal, &all(&form, "scope"), offline).await
+        }
+        Some("refresh_token") => {
+            let refresh = one(&form, "refresh_token")
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| Error::BadRequest("refresh_token is required with grant_type=refresh_token".into()))?;
+            let principal = state.auth.refresh(&*state.meta, refresh).await?;
+            answer(state, &principal, &all(&form, "scope"), false).await
         }
         Some(other) => Err(Error::BadRequest(format!(
-            "unsupported grant_type {other:?} (password is supported)"
+            "unsupported grant_type {other:?} (password and refresh_token are supported)"
         ))),
         None => Err(Error::BadRequest("grant_type is required".into())),
     }

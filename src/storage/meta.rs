@@ -58,7 +58,7 @@ pub struct Referrer {
 }
 
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
+pub trait MetadataStore: super::catalog::CatalogStore + Send + Sync + 'static {
     /// Readiness: the database answers.
     async fn check(&self) -> Result<(), StoreError>;
 
@@ -207,7 +207,7 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn gc_record_run(&self, freed_bytes: u64) -> Result<(), StoreError>;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct UserRecord {
     pub name: String,
     #[serde(skip)]
@@ -217,7 +217,7 @@ pub struct UserRecord {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct RobotRecord {
     pub name: String,
     #[serde(skip)]
@@ -230,7 +230,7 @@ pub struct RobotRecord {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// ms since the epoch.
     pub at: i64,

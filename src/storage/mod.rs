@@ -7,12 +7,14 @@
 //!   PostgreSQL and MariaDB.
 
 pub mod blob;
+pub mod catalog;
 pub mod fs;
 pub mod meta;
 pub mod s3;
 pub mod sql;
 
 pub use blob::{BlobStore, BlobWriter, ByteRange, ByteStream};
+pub use catalog::CatalogStore;
 pub use meta::MetadataStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,4 +37,12 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A time stored as ms since the epoch, as RFC 3339 UTC (how the APIs show times).
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
 }

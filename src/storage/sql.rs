@@ -16,6 +16,8 @@ use super::meta::{GcBlobLink, GcBlobRow, GcItem, GcManifest, GcOutcome, GcRef, G
 use super::meta::{ManifestRecord, MetadataStore, NewManifest, PutOutcome, Referrer, UploadRecord};
 use super::{now_ms, StoreError};
 
+mod catalog;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Sqlite,
@@ -70,6 +72,15 @@ impl Dialect {
             Dialect::Sqlite => "",
             Dialect::Postgres => " FOR SHARE",
             Dialect::MySql => " LOCK IN SHARE MODE",
+        }
+    }
+
+    /// Suffix of a SELECT inside a write transaction that locks the rows it reads until the
+    /// transaction ends (SQLite's write transaction holds the database already).
+    fn for_update(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            _ => " FOR UPDATE",
         }
     }
 

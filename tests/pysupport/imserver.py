@@ -86,20 +86,25 @@ class Server:
     """One image-manager process on 127.0.0.1 with its own data directory."""
 
     def __init__(self, data_dir: str | None = None, env: dict[str, str] | None = None,
-                 args: list[str] | None = None, port: int | None = None, matrix: bool = True):
-        """`matrix=False` ignores $IM_TEST_SERVER_ARGS: for tests of the embedded defaults."""
+                 args: list[str] | None = None, port: int | None = None, matrix: bool = True,
+                 tls: tuple[str, str] | None = None):
+        """`matrix=False` ignores $IM_TEST_SERVER_ARGS: for tests of the embedded defaults.
+        `tls=(cert_pem, key_pem)` serves HTTPS; `verify` is then the certificate to trust."""
         self._tmp = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="im-test-")
             data_dir = self._tmp.name
         self.data_dir = data_dir
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.host = f"127.0.0.1:{self.port}"
+        self.verify: str | bool = tls[0] if tls else True
         self.env = dict(os.environ)
         self.env.setdefault("RUST_LOG", "warn")
         self.env.update(env or {})
         self.args = list(args or [])
+        if tls:
+            self.args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
         self.id = "im" + uuid.uuid4().hex[:12]
         matrix_args = os.environ.get("IM_TEST_SERVER_ARGS", "") if matrix else ""
         self.extra = [a.replace("{id}", self.id) for a in shlex.split(matrix_args)]
@@ -124,7 +129,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()}")
             try:
-                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                if requests.get(self.url + "/readyz", timeout=1, verify=self.verify).status_code == 200:
                     return self
             except requests.RequestException:
                 pass

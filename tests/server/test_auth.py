@@ -436,3 +436,89 @@ def test_oras_login_push_pull(srv, tmp_path, monkeypatch):
     out = r.pull(target=target, outdir=str(tmp_path / "pulled"))
     assert Path(out[0]).read_text() == "hello through tokens\n"
     assert r.get_tags(f"{srv.host}/{NS}/oras") == ["v1"]
+
+
+def test_refresh_tokens_stand_for_the_account_as_it_is_now(srv):
+    r = api(srv, "POST", "/api/v1/admin/users", json={"name": "refresher", "password": PASSWORD})
+    assert r.status_code == 201, r.text
+    assert api(srv, "PUT", f"/api/v1/admin/namespaces/{NS}/members/refresher", json={"role": "reader"}).ok
+    form = {"grant_type": "password", "username": "refresher", "password": PASSWORD, "service": "image-manager",
+            "scope": f"repository:{NS}/app:pull"}
+    r = requests.post(f"{srv.url}/token", data=form, timeout=30)
+    assert r.status_code == 200 and "refresh_token" not in r.json()  # only on request
+    r = requests.post(f"{srv.url}/token", data={**form, "access_type": "offline", "client_id": "test"}, timeout=30)
+    assert r.status_code == 200, r.text
+    refresh = r.json()["refresh_token"]
+    assert r.json()["issued_at"].endswith("Z")
+    # GET with offline_token=true gives one too.
+    r = requests.get(f"{srv.url}/token", params={"offline_token": "true", "scope": f"repository:{NS}/app:pull"},
+                     auth=("refresher", PASSWORD), timeout=30)
+    assert r.json()["refresh_token"]
+
+    # The refresh grant issues access tokens, for any scope the account is allowed now.
+    def refreshed(scope, token=refresh):
+        return requests.post(f"{srv.url}/token", data={"grant_type": "refresh_token", "refresh_token": token,
+                                                        "service": "image-manager", "scope": scope}, timeout=30)
+    r = refreshed(f"repository:{NS}/app:pull,push")
+    assert r.status_code == 200, r.text
+    assert r.json()["scope"] == f"repository:{NS}/app:pull"
+    t = r.json()["access_token"]
+    assert requests.get(f"{srv.url}/v2/{NS}/app/manifests/v1", headers=bearer(t)).status_code == 200
+    assert api(srv, "PUT", f"/api/v1/admin/namespaces/{NS}/members/refresher", json={"role": "writer"}).ok
+    assert refreshed(f"repository:{NS}/app:pull,push").json()["scope"] == f"repository:{NS}/app:pull,push"
+
+    # Neither kind of token passes for the other; a tampered refresh token is refused.
+    is_oci_error(requests.get(f"{srv.url}/v2/{NS}/app/manifests/v1", headers=bearer(refresh)), 401, "UNAUTHORIZED")
+    is_oci_error(refreshed(f"repository:{NS}/app:pull", token=t), 401, "UNAUTHORIZED")
+    is_oci_error(refreshed(f"repository:{NS}/app:pull", token=refresh[:-4] + "AAAA"), 401, "UNAUTHORIZED")
+    r = requests.post(f"{srv.url}/token", data={"grant_type": "refresh_token"}, timeout=30)
+    assert r.status_code == 400 and "refresh_token is required" in r.text
+
+    # A disabled account's refresh token gets nothing more.
+    assert api(srv, "POST", "/api/v1/admin/users/refresher/disable").ok
+    r = refreshed(f"repository:{NS}/app:pull")
+    is_oci_error(r, 401, "UNAUTHORIZED")
+    assert "disabled" in r.json()["errors"][0]["message"]
+
+
+def test_cli_manages_namespace_visibility_members_and_quota(srv):
+    ns = "cli" + uuid.uuid4().hex[:6]
+    push_image(srv, f"{ns}/app", "v1")
+    r = api(srv, "POST", "/api/v1/admin/users", json={"name": "cliuser", "password": PASSWORD})
+    assert r.status_code in (201, 409), r.text
+    url = f"{srv.url}/v2/{ns}/app/manifests/v1"
+    is_oci_error(requests.get(url, auth=("cliuser", PASSWORD)), 403, "DENIED")
+    is_oci_error(requests.get(url), 401, "UNAUTHORIZED")
+
+    r = cli(srv, "namespace", "member-set", ns, "cliuser", "reader")
+    assert r.returncode == 0, r.stderr
+    assert requests.get(url, auth=("cliuser", PASSWORD)).status_code == 200
+    assert "cliuser\treader" in cli(srv, "namespace", "members", ns).stdout
+    r = cli(srv, "namespace", "member-set", ns, "nobody-here", "reader")
+    assert r.returncode != 0 and "no user" in r.stderr
+    r = cli(srv, "namespace", "member-set", ns, "cliuser", "owner")
+    assert r.returncode != 0  # not a role
+    r = cli(srv, "namespace", "member-set", "a/b", "cliuser", "reader")
+    assert r.returncode != 0 and "not a namespace" in r.stderr
+
+    assert cli(srv, "namespace", "visibility", ns, "public").returncode == 0
+    assert requests.get(url).status_code == 200
+    assert f"{ns}\tpublic" in cli(srv, "namespace", "list").stdout
+    assert cli(srv, "namespace", "visibility", ns, "private").returncode == 0
+    is_oci_error(requests.get(url), 401, "UNAUTHORIZED")
+
+    assert cli(srv, "namespace", "quota", ns, "1").returncode == 0
+    r = push_blob(srv, f"{ns}/app", b"x" * 100, auth=ADMIN)
+    is_oci_error(r, 403, "DENIED")
+    assert cli(srv, "namespace", "quota", ns, "none").returncode == 0
+    assert cli(srv, "namespace", "quota", ns, "lots").returncode != 0
+
+    assert cli(srv, "namespace", "member-remove", ns, "cliuser").returncode == 0
+    is_oci_error(requests.get(url, auth=("cliuser", PASSWORD)), 403, "DENIED")
+    assert cli(srv, "namespace", "member-remove", ns, "cliuser").returncode != 0
+    # Every change is in the audit log, attributed to the command line.
+    audit = api(srv, "GET", f"/api/v1/admin/audit?namespace={ns}").json()
+    entries = audit["entries"] if isinstance(audit, dict) else audit
+    actions = {(e["action"], e["actor"].split(":")[0]) for e in entries}
+    assert {("member.set", "cli"), ("namespace.visibility", "cli"), ("quota.set", "cli"),
+            ("member.remove", "cli")} <= actions, actions
