@@ -12,7 +12,7 @@ PORT_A=${PORT_A:-5331}; PORT_B=${PORT_B:-5332}
 command -v wrk >/dev/null || { echo "installing wrk (Debian package)" >&2; sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo;
   $sudo_ apt-get install -y wrk >&2; }
 cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
-BIN="$ROOT/target/release/image-manager"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/image-manager"
 WORK=$(mktemp -d /tmp/bench-auth-XXXX)
 ADMIN=bench; PASS=bench-password-1
 echo "$PASS" | "$BIN" user add "$ADMIN" --admin --password-stdin --data-dir "$WORK/b" >/dev/null

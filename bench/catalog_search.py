@@ -33,7 +33,7 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = ROOT / "target" / "release" / "image-manager"
+BIN = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "image-manager"
 WORDS = ("alpine nginx redis postgres cirros ubuntu debian centos fedora vfirewall vrouter vlb amf smf upf "
          "nrf ausf udm pcf nssf dns dhcp ntp kafka zookeeper etcd grafana prometheus loki tempo envoy").split()
 TYPES = ["container-image"] * 5 + ["vm-image"] * 3 + ["helm-chart", "vnf-package", "artifact"]

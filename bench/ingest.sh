@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SIZE_MIB=${SIZE_MIB:-1024}; ROUNDS=${ROUNDS:-3}; PORT=${PORT:-5341}
 cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
-BIN="$ROOT/target/release/image-manager"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/image-manager"
 WORK=$(mktemp -d /tmp/bench-ingest-XXXX)
 RUST_LOG=warn "$BIN" serve --listen 127.0.0.1:$PORT --data-dir "$WORK/data" >"$WORK/server.log" 2>&1 &
 PID=$!

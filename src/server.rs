@@ -201,6 +201,11 @@ async fn sweep_uploads(registry: Arc<Registry>) {
             Ok(n) => tracing::info!(count = n, "removed expired upload sessions"),
             Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
         }
+        match registry.expire_image_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "removed expired VM image upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "VM image upload expiry failed"),
+        }
     }
 }
 

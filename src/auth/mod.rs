@@ -491,6 +491,9 @@ impl Auth {
     }
 
     async fn check_secret(&self, meta: &dyn MetadataStore, name: &str, secret: &str) -> Result<Option<Principal>> {
+        if !is_account_name(name.strip_prefix(ROBOT_PREFIX).unwrap_or(name)) {
+            return Ok(None);
+        }
         if let Some(robot) = name.strip_prefix(ROBOT_PREFIX) {
             let Some(r) = meta.robot_get(robot).await? else {
                 return Ok(None);
@@ -803,8 +806,18 @@ pub fn basic_credentials(b64: &str) -> Result<(String, String)> {
     Ok((name.to_string(), secret.to_string()))
 }
 
+/// `s` with anything but printable ASCII replaced by `?` (actors and namespaces are ASCII
+/// columns; a login attempt may carry any name).
+fn printable_ascii(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .collect()
+}
+
 /// Append to the audit log; a failure to do so is logged, never fails the request.
-pub async fn audit(meta: &dyn MetadataStore, rec: AuditRecord) {
+pub async fn audit(meta: &dyn MetadataStore, mut rec: AuditRecord) {
+    rec.actor = printable_ascii(&rec.actor);
+    rec.namespace = rec.namespace.as_deref().map(printable_ascii);
     if let Err(e) = meta.audit_add(&rec).await {
         tracing::warn!(error = %e, action = %rec.action, "writing the audit log failed");
     }
@@ -812,14 +825,19 @@ pub async fn audit(meta: &dyn MetadataStore, rec: AuditRecord) {
 
 // ----- identities ---------------------------------------------------------------------------
 
-fn check_account_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
+/// Whether `name` could name a user or robot: 1-64 of a-z, 0-9, `.`, `_`, `-`, starting with a
+/// letter or digit. Anything else names nobody (and is never sent to the database).
+pub fn is_account_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+fn check_account_name(name: &str) -> Result<()> {
+    if is_account_name(name) {
         Ok(())
     } else {
         Err(Error::BadRequest(format!(

@@ -419,6 +419,24 @@ impl Registry {
 
     /// Search the catalog as `p` sees it.
     pub async fn search(&self, p: &Principal, mut q: EntryQuery) -> Result<SearchPage> {
+        // These columns hold ASCII only (names, tags, digests, enumerations): a filter with
+        // anything else matches nothing, and is not sent to the database.
+        let ascii_only = [
+            &q.namespace,
+            &q.name,
+            &q.name_prefix,
+            &q.name_contains,
+            &q.version,
+            &q.kind,
+            &q.status,
+            &q.digest,
+        ];
+        if ascii_only.iter().any(|f| f.as_deref().is_some_and(|v| !v.is_ascii())) {
+            return Ok(SearchPage {
+                items: Vec::new(),
+                next: None,
+            });
+        }
         q.readable = self.readable_list(p).await?;
         let limit = q.limit.clamp(1, 1000);
         q.limit = limit + 1;
@@ -435,6 +453,9 @@ impl Registry {
 
     /// One entry, if `p` may read it (others get the same answer as for a missing one).
     pub async fn entry(&self, p: &Principal, id: &str) -> Result<EntryRecord> {
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::EntryUnknown(id.chars().take(64).collect()));
+        }
         let e = self
             .meta
             .catalog_get(id)
@@ -602,6 +623,13 @@ pub fn decode_cursor(s: &str, sort: SortKey) -> Result<Cursor> {
         .decode(s.as_bytes())
         .map_err(|_| bad())?;
     let c: Cursor = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let ascii = match &c {
+        Cursor::Name(a, b, id) => a.is_ascii() && b.is_ascii() && id.is_ascii(),
+        Cursor::Created(_, id) | Cursor::Size(_, id) => id.is_ascii(),
+    };
+    if !ascii {
+        return Err(bad());
+    }
     let fits = matches!(
         (&c, sort),
         (Cursor::Name(..), SortKey::Name) | (Cursor::Created(..), SortKey::Created) | (Cursor::Size(..), SortKey::Size)

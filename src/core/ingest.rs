@@ -249,9 +249,13 @@ impl Registry {
         if how == Upserted::Created {
             return Ok(stored);
         }
-        // The indexer recorded it first, without these.
+        // The indexer recorded it first without these, or a resumable upload's `uploading`
+        // entry now has its content.
         let mut stored = stored;
         let seen = stored.updated_at;
+        if matches!(stored.status.as_str(), "uploading" | "validating") {
+            stored.status = entry.status.clone();
+        }
         stored.labels = labels;
         stored.description = description.filter(|d| !d.is_empty());
         stored.updated_at = now_ms().max(seen + 1);
@@ -296,17 +300,82 @@ impl Registry {
             .image_upload_add(&ImageUploadRecord {
                 id: session.id.clone(),
                 repository: repo.to_string(),
-                tag,
+                tag: tag.clone(),
                 metadata,
                 created_at: now_ms(),
             })
             .await?;
+        // The catalog shows the image from now on, `uploading` (no content yet).
+        let (namespace, name) = super::catalog::entry_name(repo.as_str());
+        let now = now_ms();
+        let placeholder = EntryRecord {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            namespace,
+            name,
+            version: tag.clone(),
+            kind: "vm-image".into(),
+            repository: repo.to_string(),
+            tag,
+            digest: String::new(),
+            status: "uploading".into(),
+            size: 0,
+            os: meta.os_type.clone(),
+            architecture: meta.architecture.clone(),
+            disk_format: meta.disk_format.clone(),
+            vendor: meta.vendor.clone(),
+            description: meta.description.clone(),
+            predecessor: None,
+            source: "upload".into(),
+            details: json!({"upload_session": session.id}),
+            labels: meta.labels.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.meta.catalog_upsert(&placeholder).await?;
         Ok(session.id)
+    }
+
+    /// Set the status of the `uploading` entry of a session (none: remove it).
+    async fn placeholder_status(&self, rec: &ImageUploadRecord, status: Option<&str>) -> Result<()> {
+        let Some(mut e) = self.meta.catalog_by_ref(&rec.repository, &rec.tag).await? else {
+            return Ok(());
+        };
+        if !e.digest.is_empty() {
+            return Ok(()); // not a placeholder (any more)
+        }
+        match status {
+            Some(s) => {
+                let seen = e.updated_at;
+                e.status = s.to_string();
+                e.updated_at = now_ms().max(seen + 1);
+                self.meta.catalog_save(&e, seen).await?;
+            }
+            None => {
+                self.meta.catalog_delete(&e.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove resumable uploads whose registry session expired, with their entries.
+    pub async fn expire_image_uploads(&self) -> Result<usize> {
+        let mut n = 0;
+        for rec in self.meta.image_uploads().await? {
+            if self.meta.upload_get(&rec.id).await?.is_none() {
+                self.placeholder_status(&rec, None).await?;
+                self.meta.image_upload_delete(&rec.id).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// The session `id` as `p` may see it: its record, metadata and how many bytes it holds.
     pub async fn image_upload(&self, p: &Principal, id: &str) -> Result<(ImageUploadRecord, ImageMeta, u64)> {
-        let unknown = || Error::EntryUnknown(format!("upload session {id}"));
+        let unknown = || Error::EntryUnknown(format!("upload session {}", id.chars().take(64).collect::<String>()));
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return Err(unknown());
+        }
         let rec = self.meta.image_upload_get(id).await?.ok_or_else(unknown)?;
         let repo = RepoName::parse(&rec.repository)?;
         self.auth
@@ -367,6 +436,7 @@ impl Registry {
         let limits = Limits {
             max_virtual_size: self.catalog.max_virtual_size_bytes,
         };
+        self.placeholder_status(&rec, Some("validating")).await?;
         let scanner = Scanner::start(limits, declared);
         let mut sha256 = sha2::Sha256::new();
         let mut read = Ok(());
@@ -390,6 +460,7 @@ impl Registry {
             Ok(s) => s,
             Err(e) => {
                 self.cancel_upload(&repo, id).await?;
+                self.placeholder_status(&rec, None).await?;
                 self.meta.image_upload_delete(id).await?;
                 return Err(e);
             }
@@ -417,6 +488,7 @@ impl Registry {
         let (rec, _, _) = self.image_upload(p, id).await?;
         let repo = RepoName::parse(&rec.repository)?;
         self.cancel_upload(&repo, id).await?;
+        self.placeholder_status(&rec, None).await?;
         self.meta.image_upload_delete(id).await?;
         Ok(())
     }

@@ -369,7 +369,7 @@ pub(super) async fn set_member(
             body.role
         )))
     })?;
-    if state.meta.user_get(&principal).await?.is_none() {
+    if !crate::auth::is_account_name(&principal) || state.meta.user_get(&principal).await?.is_none() {
         return Err(Problem(Error::BadRequest(format!("no user {principal:?}"))));
     }
     state.meta.set_member(ns, &principal, Some(role.as_str())).await?;
@@ -406,11 +406,21 @@ pub(super) async fn remove_member(
     let ns = namespace(&ns)?;
     let c = caller(&state, &parts).await?;
     c.may(&state, Action::Admin, Resource::Namespace(ns)).await?;
-    if !state.meta.set_member(ns, &principal, None).await? {
+    let principal = account(&principal)?;
+    if !state.meta.set_member(ns, principal, None).await? {
         return Err(Problem(Error::NotFound));
     }
-    c.audit(&state, "member.remove", &principal, Some(ns), None).await;
+    c.audit(&state, "member.remove", principal, Some(ns), None).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A user or robot name from the path: one that cannot exist is not found.
+fn account(name: &str) -> Result<&str, Problem> {
+    if crate::auth::is_account_name(name) {
+        Ok(name)
+    } else {
+        Err(Problem(Error::NotFound))
+    }
 }
 
 async fn system(state: &AppState, parts: &Parts) -> Result<Caller, Problem> {
@@ -490,7 +500,7 @@ pub(super) async fn delete_user(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let c = system(&state, &parts).await?;
-    if !state.meta.user_delete(&name).await? {
+    if !state.meta.user_delete(account(&name)?).await? {
         return Err(Problem(Error::NotFound));
     }
     c.audit(&state, "user.delete", &name, None, None).await;
@@ -514,7 +524,7 @@ pub(super) async fn disable_user(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let c = system(&state, &parts).await?;
-    if !state.meta.user_set_disabled(&name, true).await? {
+    if !state.meta.user_set_disabled(account(&name)?, true).await? {
         return Err(Problem(Error::NotFound));
     }
     c.audit(&state, "user.disable", &name, None, None).await;
@@ -593,7 +603,7 @@ pub(super) async fn delete_robot(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let c = system(&state, &parts).await?;
-    if !state.meta.robot_delete(&name).await? {
+    if !state.meta.robot_delete(account(&name)?).await? {
         return Err(Problem(Error::NotFound));
     }
     c.audit(&state, "robot.delete", &name, None, None).await;
@@ -617,7 +627,7 @@ pub(super) async fn disable_robot(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let c = system(&state, &parts).await?;
-    if !state.meta.robot_set_disabled(&name, true).await? {
+    if !state.meta.robot_set_disabled(account(&name)?, true).await? {
         return Err(Problem(Error::NotFound));
     }
     c.audit(&state, "robot.disable", &name, None, None).await;
@@ -661,6 +671,9 @@ pub(super) async fn list_audit(
                 .await?
         }
         None => c.may(&state, Action::Admin, Resource::System).await?,
+    }
+    if q.actor.as_deref().is_some_and(|a| !a.is_ascii()) {
+        return Ok(Json(Vec::new())); // actors are ASCII: nobody matches
     }
     let filter = AuditFilter {
         namespace: q.namespace,

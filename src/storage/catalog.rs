@@ -131,6 +131,8 @@ pub trait CatalogStore: Send + Sync {
     async fn image_upload_add(&self, rec: &ImageUploadRecord) -> Result<(), StoreError>;
     async fn image_upload_get(&self, id: &str) -> Result<Option<ImageUploadRecord>, StoreError>;
     async fn image_upload_delete(&self, id: &str) -> Result<(), StoreError>;
+    /// Every open resumable upload (for expiry).
+    async fn image_uploads(&self) -> Result<Vec<ImageUploadRecord>, StoreError>;
     /// Record the entry of `e.repository`:`e.tag` as derived from its manifest. A new entry is
     /// inserted as given (its predecessor found here); an existing one with the same digest is
     /// left alone; one with another digest gets the derived fields of `e` and keeps its id,

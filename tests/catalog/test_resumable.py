@@ -49,6 +49,9 @@ def start(srv, **params):
 def test_chunks_resume_and_finish_into_an_entry(srv, tmp_path):
     data = qcow2(tmp_path)
     url = start(srv, name="resumed", version="1.0", os_type="linux", label="site=edge")
+    # The catalog shows the image at once, as uploading.
+    listed = requests.get(srv.url + "/api/v1/images", params={"name": "resumed"}, timeout=30).json()["items"]
+    assert [(e["status"], e["version"], e["labels"]) for e in listed] == [("uploading", "1.0", {"site": "edge"})]
     third = len(data) // 3
     r = requests.patch(url, data=data[:third], headers={"Content-Range": f"0-{third - 1}"}, timeout=30)
     assert r.status_code == 202 and r.json()["offset"] == third
@@ -69,7 +72,9 @@ def test_chunks_resume_and_finish_into_an_entry(srv, tmp_path):
     assert e["checksums"] == {"sha256": hashlib.sha256(data).hexdigest(), "sha512": hashlib.sha512(data).hexdigest(),
                               "md5": hashlib.md5(data).hexdigest()}
     assert e["details"]["vm"]["virtual_size"] == 256 << 20
-    # The session is gone; the image is pullable byte-identical through /v2.
+    # The session is gone; the entry is the same one, now available; the image is pullable
+    # byte-identical through /v2.
+    assert e["id"] == listed[0]["id"] and e["status"] == "available"
     problem(requests.get(url, timeout=30), 404, "ENTRY_UNKNOWN")
     layer = e["details"]["layers"][0]["digest"]
     assert requests.get(f"{srv.url}/v2/{e['repository']}/blobs/{layer}", timeout=30).content == data
@@ -105,7 +110,7 @@ def test_unsafe_image_is_refused_at_finish_and_the_session_ends(srv, tmp_path):
     assert "backing" in body["detail"].lower()
     problem(requests.get(url, timeout=30), 404)
     r = requests.get(srv.url + "/api/v1/images", params={"name": "backed"}, timeout=30)
-    assert r.json()["items"] == []
+    assert r.json()["items"] == []  # the uploading entry went with the session
 
 
 def test_bad_requests_get_problems(srv, tmp_path):
@@ -118,6 +123,7 @@ def test_bad_requests_get_problems(srv, tmp_path):
     problem(requests.put(url, timeout=30), 400)  # nothing uploaded
     assert requests.delete(url, timeout=30).status_code == 204
     problem(requests.delete(url, timeout=30), 404)
+    assert requests.get(srv.url + "/api/v1/images", params={"name": "empty"}, timeout=30).json()["items"] == []
     # A version that exists cannot get a session.
     data = qcow2(tmp_path, "dup.qcow2", "64M", 1)
     r = requests.post(srv.url + "/api/v1/images", params={"name": "dup", "version": "1"}, data=data,

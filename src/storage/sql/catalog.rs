@@ -230,6 +230,24 @@ impl CatalogStore for SqlStore {
         .transpose()
     }
 
+    async fn image_uploads(&self) -> Result<Vec<ImageUploadRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, repository, tag, metadata, created_at FROM image_uploads ORDER BY created_at")
+                .fetch_all(&self.read)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ImageUploadRecord {
+                    id: r.try_get(0)?,
+                    repository: r.try_get(1)?,
+                    tag: r.try_get(2)?,
+                    metadata: long_text(r, 3)?.unwrap_or_default(),
+                    created_at: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
     async fn image_upload_delete(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query(&self.q("DELETE FROM image_uploads WHERE id = ?"))
             .bind(id)
