@@ -211,6 +211,37 @@ impl Registry {
                 "{repo}:{tag} exists: versions are immutable, upload under a new version"
             )));
         }
+        self.claim_version(
+            &repo,
+            &tag,
+            "vm-image",
+            origin.source,
+            meta,
+            json!({"upload": "direct"}),
+        )
+        .await?;
+        let done = self.ingest_claimed(&repo, &tag, declared, meta, body, origin).await;
+        if done.is_err() {
+            self.claim_status(repo.as_str(), &tag, None).await?;
+        }
+        done
+    }
+
+    async fn ingest_claimed<S, E>(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+        declared: Option<DiskFormat>,
+        meta: &ImageMeta,
+        body: S,
+        origin: Origin<'_>,
+    ) -> Result<EntryRecord>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let repo = repo.clone();
+        let tag = tag.to_string();
         let limits = Limits {
             max_virtual_size: self.catalog.max_virtual_size_bytes,
         };
@@ -222,6 +253,7 @@ impl Registry {
                 return Err(e);
             }
         };
+        self.claim_status(repo.as_str(), &tag, Some("validating")).await?;
         self.commit_staged(&repo, &staged).await?;
         let manifest = self
             .vm_manifest(&repo, meta, &staged.digest, staged.size, &scanned, &origin)
@@ -306,16 +338,45 @@ impl Registry {
             })
             .await?;
         // The catalog shows the image from now on, `uploading` (no content yet).
+        let claimed = self
+            .claim_version(
+                &repo,
+                &tag,
+                "vm-image",
+                "upload",
+                meta,
+                json!({"upload_session": session.id}),
+            )
+            .await;
+        if let Err(e) = claimed {
+            self.cancel_upload(&repo, &session.id).await?;
+            self.meta.image_upload_delete(&session.id).await?;
+            return Err(e);
+        }
+        Ok(session.id)
+    }
+
+    /// Take `repo:tag` for an upload in progress: an `uploading` entry (no content yet) that a
+    /// concurrent upload of the same version cannot take too (409).
+    pub(crate) async fn claim_version(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+        kind: &str,
+        source: &str,
+        meta: &ImageMeta,
+        details: Value,
+    ) -> Result<()> {
         let (namespace, name) = super::catalog::entry_name(repo.as_str());
         let now = now_ms();
         let placeholder = EntryRecord {
             id: uuid::Uuid::new_v4().simple().to_string(),
             namespace,
             name,
-            version: tag.clone(),
-            kind: "vm-image".into(),
+            version: tag.to_string(),
+            kind: kind.into(),
             repository: repo.to_string(),
-            tag,
+            tag: tag.to_string(),
             digest: String::new(),
             status: "uploading".into(),
             size: 0,
@@ -325,23 +386,29 @@ impl Registry {
             vendor: meta.vendor.clone(),
             description: meta.description.clone(),
             predecessor: None,
-            source: "upload".into(),
-            details: json!({"upload_session": session.id}),
+            source: source.into(),
+            details,
             labels: meta.labels.clone(),
             created_at: now,
             updated_at: now,
         };
-        self.meta.catalog_upsert(&placeholder).await?;
-        Ok(session.id)
+        if self.meta.catalog_claim(&placeholder).await? {
+            Ok(())
+        } else {
+            Err(Error::Conflict(format!(
+                "{repo}:{tag} exists or is being uploaded: versions are immutable, use a new version"
+            )))
+        }
     }
 
-    /// Set the status of the `uploading` entry of a session (none: remove it).
-    async fn placeholder_status(&self, rec: &ImageUploadRecord, status: Option<&str>) -> Result<()> {
-        let Some(mut e) = self.meta.catalog_by_ref(&rec.repository, &rec.tag).await? else {
+    /// Set the status of the `uploading` entry of `repo:tag` (none: remove it). Entries with
+    /// content are left alone.
+    pub(crate) async fn claim_status(&self, repo: &str, tag: &str, status: Option<&str>) -> Result<()> {
+        let Some(mut e) = self.meta.catalog_by_ref(repo, tag).await? else {
             return Ok(());
         };
         if !e.digest.is_empty() {
-            return Ok(()); // not a placeholder (any more)
+            return Ok(());
         }
         match status {
             Some(s) => {
@@ -362,8 +429,30 @@ impl Registry {
         let mut n = 0;
         for rec in self.meta.image_uploads().await? {
             if self.meta.upload_get(&rec.id).await?.is_none() {
-                self.placeholder_status(&rec, None).await?;
+                self.claim_status(&rec.repository, &rec.tag, None).await?;
                 self.meta.image_upload_delete(&rec.id).await?;
+                n += 1;
+            }
+        }
+        // Claims of single uploads that never finished (the process stopped meanwhile).
+        let stale = now_ms() - (self.config.upload_expiry_secs as i64).saturating_mul(1000);
+        let q = crate::storage::catalog::EntryQuery {
+            digest: Some(String::new()),
+            limit: 1000,
+            ..Default::default()
+        };
+        for e in self.meta.catalog_query(&q).await? {
+            let session = e
+                .details
+                .get("upload_session")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let live = match session {
+                Some(id) => self.meta.image_upload_get(&id).await?.is_some(),
+                None => false,
+            };
+            if !live && e.updated_at < stale {
+                self.meta.catalog_delete(&e.id).await?;
                 n += 1;
             }
         }
@@ -436,7 +525,7 @@ impl Registry {
         let limits = Limits {
             max_virtual_size: self.catalog.max_virtual_size_bytes,
         };
-        self.placeholder_status(&rec, Some("validating")).await?;
+        self.claim_status(&rec.repository, &rec.tag, Some("validating")).await?;
         let scanner = Scanner::start(limits, declared);
         let mut sha256 = sha2::Sha256::new();
         let mut read = Ok(());
@@ -460,7 +549,7 @@ impl Registry {
             Ok(s) => s,
             Err(e) => {
                 self.cancel_upload(&repo, id).await?;
-                self.placeholder_status(&rec, None).await?;
+                self.claim_status(&rec.repository, &rec.tag, None).await?;
                 self.meta.image_upload_delete(id).await?;
                 return Err(e);
             }
@@ -488,7 +577,7 @@ impl Registry {
         let (rec, _, _) = self.image_upload(p, id).await?;
         let repo = RepoName::parse(&rec.repository)?;
         self.cancel_upload(&repo, id).await?;
-        self.placeholder_status(&rec, None).await?;
+        self.claim_status(&rec.repository, &rec.tag, None).await?;
         self.meta.image_upload_delete(id).await?;
         Ok(())
     }

@@ -210,6 +210,63 @@ impl Registry {
                 "{repo}:{tag} exists: versions are immutable, onboard under a new version"
             )));
         }
+        let claim = ImageMeta {
+            vendor: package.metadata.vnf_provider_id.clone(),
+            description: params.description.clone(),
+            labels: params.labels(),
+            ..Default::default()
+        };
+        self.claim_version(
+            &repo,
+            &tag,
+            "vnf-package",
+            "upload",
+            &claim,
+            json!({"upload": "direct"}),
+        )
+        .await?;
+        let mut created: Vec<EntryRecord> = Vec::new();
+        let done = self
+            .onboard_claimed(
+                p,
+                params,
+                &package,
+                &tmp,
+                &sha256,
+                size,
+                &limits,
+                (&ns, &name, &version),
+                &mut created,
+            )
+            .await;
+        if done.is_err() {
+            // Nothing of a refused package stays: the images it brought in go with it.
+            for e in &created {
+                self.meta.tag_delete(&e.repository, &e.tag).await?;
+                self.meta.catalog_delete(&e.id).await?;
+            }
+            self.claim_status(repo.as_str(), &tag, None).await?;
+            self.events.notify_one();
+        }
+        done
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn onboard_claimed(
+        &self,
+        p: &Principal,
+        params: &PackageParams,
+        package: &csar::Package,
+        tmp: &TempFile,
+        sha256: &Digest,
+        size: u64,
+        limits: &csar::Limits,
+        (ns, name, version): (&str, &str, &str),
+        created: &mut Vec<EntryRecord>,
+    ) -> Result<EntryRecord> {
+        let (ns, name, version) = (ns.to_string(), name.to_string(), version.to_string());
+        let repo = RepoName::parse(&repository_of(&ns, &name))?;
+        let tag = parse_tag(&version)?.to_string();
 
         // The software images inside the package, each through the VM image ingestion.
         let pkg_ref = format!("{name}:{version}");
@@ -249,7 +306,10 @@ impl Registry {
                 description: Some(format!("software image {} of VNF package {pkg_ref}", sw.node)),
                 ..Default::default()
             };
-            let entry = self.package_image(p, &tmp.0, &file, &limits, &meta, &pkg_ref).await?;
+            let (entry, new) = self.package_image(p, &tmp.0, &file, limits, &meta, &pkg_ref).await?;
+            if new {
+                created.push(entry.clone());
+            }
             let mismatches = compare(sw, &entry);
             if !mismatches.is_empty() {
                 self.flag_mismatches(&entry, &mismatches).await?;
@@ -264,7 +324,7 @@ impl Registry {
         // The package itself: description as config, the CSAR as the layer.
         let mut description = serde_json::to_value(&package).unwrap_or_else(|_| json!({}));
         description["software_images"] = json!(images);
-        description["certificates"] = json!(self.certificates(&tmp.0, &package, &limits).await);
+        description["certificates"] = json!(self.certificates(&tmp.0, package, limits).await);
         let config = serde_json::to_vec(&description).map_err(|e| Error::ManifestInvalid(e.to_string()))?;
         let config_digest = Digest::sha256(&config);
         let config_len = config.len();
@@ -288,6 +348,7 @@ impl Registry {
         self.commit_staged(&repo, &staged).await?;
 
         let m = &package.metadata;
+        let sha256 = sha256.clone();
         let mut ann = Map::new();
         for (k, v) in [
             ("provider", &m.vnf_provider_id),
@@ -394,7 +455,7 @@ impl Registry {
         limits: &csar::Limits,
         meta: &ImageMeta,
         pkg_ref: &str,
-    ) -> Result<EntryRecord> {
+    ) -> Result<(EntryRecord, bool)> {
         let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, String>>(8);
         let (zip_path, name, lim) = (zip.to_path_buf(), file.to_string(), limits.clone());
         let reader = tokio::task::spawn_blocking(move || {
@@ -425,11 +486,21 @@ impl Registry {
         let read = reader
             .await
             .map_err(|_| Error::Storage(crate::storage::StoreError::Other("package reader failed".into())))?;
-        if let Err(e) = read {
-            return Err(refused(e));
-        }
         match ingested {
-            Ok(e) => Ok(e),
+            Ok(e) => match read {
+                Ok(()) => Ok((e, true)),
+                Err(err) => {
+                    // The entry's bytes failed the zip's own checks (CRC, size) after they were
+                    // stored: the image goes again.
+                    self.meta.tag_delete(&e.repository, &e.tag).await?;
+                    self.meta.catalog_delete(&e.id).await?;
+                    Err(refused(err))
+                }
+            },
+            // Reading stopped because the ingestion stopped: the ingestion's reason counts.
+            Err(Error::Body(_)) if read.is_err() => Err(refused(
+                read.err().unwrap_or(csar::CsarError::EntryNotFound(file.into())),
+            )),
             Err(Error::Conflict(msg)) => {
                 // The same name and version exists: reuse it if it is these very bytes.
                 let repo = repository_of(meta.namespace.as_deref().unwrap_or_default(), &meta.name);
@@ -440,7 +511,7 @@ impl Registry {
                     None => None,
                 };
                 match existing {
-                    Some(e) if theirs.is_some() && theirs == ours => Ok(e),
+                    Some(e) if theirs.is_some() && theirs == ours => Ok((e, false)),
                     _ => Err(Error::Conflict(format!(
                         "software image {file}: {msg} (with other content)"
                     ))),
@@ -448,7 +519,7 @@ impl Registry {
             }
             Err(Error::Refused { reason, problems }) => Err(Error::Refused {
                 reason: format!("the VNF package was refused: software image {file}: {reason}"),
-                problems,
+                problems: problems.into_iter().map(|p| format!("{file}: {p}")).collect(),
             }),
             Err(e) => Err(e),
         }

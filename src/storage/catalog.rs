@@ -138,6 +138,9 @@ pub trait CatalogStore: Send + Sync {
     /// left alone; one with another digest gets the derived fields of `e` and keeps its id,
     /// status, labels and description. Returns the entry as stored.
     async fn catalog_upsert(&self, e: &EntryRecord) -> Result<(EntryRecord, Upserted), StoreError>;
+    /// Insert `e` only if no entry has its repository and tag: false when one does (a version
+    /// being uploaded or already there).
+    async fn catalog_claim(&self, e: &EntryRecord) -> Result<bool, StoreError>;
     async fn catalog_get(&self, id: &str) -> Result<Option<EntryRecord>, StoreError>;
     async fn catalog_by_ref(&self, repository: &str, tag: &str) -> Result<Option<EntryRecord>, StoreError>;
     /// Up to `q.limit` entries in the query's order, after its cursor.

@@ -267,6 +267,18 @@ impl CatalogStore for SqlStore {
         }
     }
 
+    async fn catalog_claim(&self, e: &EntryRecord) -> Result<bool, StoreError> {
+        if self.catalog_by_ref(&e.repository, &e.tag).await?.is_some() {
+            return Ok(false);
+        }
+        match self.upsert_once(e).await {
+            Ok((_, Upserted::Created)) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(err) if is_unique_violation(&err) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
     async fn catalog_get(&self, id: &str) -> Result<Option<EntryRecord>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM catalog_entries WHERE id = ?");
         let row = sqlx::query(&self.q(&sql)).bind(id).fetch_optional(&self.read).await?;
