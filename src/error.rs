@@ -66,6 +66,8 @@ pub enum Error {
     Refused { reason: String, problems: Vec<String> },
     #[error("catalog entry unknown: {0}")]
     EntryUnknown(String),
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
 }
 
 impl Error {
@@ -99,6 +101,7 @@ impl Error {
             Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "REFUSED"),
             EntryUnknown(_) => (StatusCode::NOT_FOUND, "ENTRY_UNKNOWN"),
+            UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED"),
         }
     }
 

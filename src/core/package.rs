@@ -526,15 +526,24 @@ impl Registry {
     }
 
     async fn flag_mismatches(&self, entry: &EntryRecord, mismatches: &[String]) -> Result<()> {
-        let mut e = entry.clone();
-        let seen = e.updated_at;
-        if let Some(vm) = e.details.get_mut("vm").and_then(Value::as_object_mut) {
-            vm.insert("vnfd_mismatches".into(), json!(mismatches));
+        for _ in 0..5 {
+            let Some(mut e) = self.meta.catalog_get(&entry.id).await? else {
+                return Ok(());
+            };
+            let seen = e.updated_at;
+            if let Some(vm) = e.details.get_mut("vm").and_then(Value::as_object_mut) {
+                vm.insert("vnfd_mismatches".into(), json!(mismatches));
+            }
+            e.labels.insert("vnfd-mismatch".into(), "true".into());
+            e.updated_at = now_ms().max(seen + 1);
+            if self.meta.catalog_save(&e, seen).await? {
+                return Ok(());
+            }
         }
-        e.labels.insert("vnfd-mismatch".into(), "true".into());
-        e.updated_at = now_ms().max(seen + 1);
-        self.meta.catalog_save(&e, seen).await?;
-        Ok(())
+        Err(Error::Conflict(format!(
+            "entry {} kept changing; onboard again",
+            entry.id
+        )))
     }
 
     /// Certificate files of the package (PEM text, at most 64 KiB each).

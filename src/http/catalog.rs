@@ -606,7 +606,7 @@ pub async fn upload_image(State(state): State<AppState>, parts: Parts, body: Bod
             .ingest_vm_image(&c.principal, &meta, body.into_data_stream(), origin)
             .await
     } else {
-        return Err(Problem(Error::Unsupported(format!(
+        return Err(Problem(Error::UnsupportedMediaType(format!(
             "Content-Type {content_type:?}: send application/octet-stream or multipart/form-data"
         ))));
     };
