@@ -271,7 +271,9 @@ impl CatalogStore for SqlStore {
         if self.catalog_by_ref(&e.repository, &e.tag).await?.is_some() {
             return Ok(false);
         }
-        match self.upsert_once(e).await {
+        // Concurrent claims on MariaDB may deadlock on the gap lock: the retry then sees the
+        // winner's row.
+        match self.retrying(|| Box::pin(self.upsert_once(e))).await {
             Ok((_, Upserted::Created)) => Ok(true),
             Ok(_) => Ok(false),
             Err(err) if is_unique_violation(&err) => Ok(false),
