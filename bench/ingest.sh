@@ -17,12 +17,14 @@ URL="http://127.0.0.1:$PORT"
 cpu() { awk '{print $14+$15}' "/proc/$PID/stat"; }
 hz=$(getconf CLK_TCK)
 
-# time_upload NAME CURL_ARGS... -> "seconds cpu_seconds"
+# measure FILE CURL_ARGS... -> "seconds cpu_seconds". The body streams from stdin (chunked), the
+# same way for both endpoints (curl -T FILE would append the file name to a URL ending in /).
 measure() {
+  local file=$1; shift
   sync
   local c0 t0 t1 c1
   c0=$(cpu); t0=$(date +%s.%N)
-  curl -sf -o "$WORK/answer" "$@"
+  curl -sf -o "$WORK/answer" -T - "$@" <"$file"
   t1=$(date +%s.%N); c1=$(cpu)
   python3 -c "print($t1-$t0, ($c1-$c0)/$hz)"
 }
@@ -32,9 +34,9 @@ for r in $(seq 1 "$ROUNDS"); do
   head -c $((SIZE_MIB << 20)) /dev/urandom >"$WORK/a.raw"
   head -c $((SIZE_MIB << 20)) /dev/urandom >"$WORK/b.raw"
   d=sha256:$(sha256sum "$WORK/a.raw" | cut -d' ' -f1)
-  read -r tp cp < <(measure -X POST -T "$WORK/a.raw" -H 'Content-Type: application/octet-stream' \
+  read -r tp cp < <(measure "$WORK/a.raw" -X POST -H 'Content-Type: application/octet-stream' \
     "$URL/v2/bench/push/blobs/uploads/?digest=$d")
-  read -r ti ci < <(measure -X POST -T "$WORK/b.raw" -H 'Content-Type: application/octet-stream' \
+  read -r ti ci < <(measure "$WORK/b.raw" -X POST -H 'Content-Type: application/octet-stream' \
     "$URL/api/v1/images?name=ingest&version=r$r-$RANDOM")
   python3 - "$WORK/answer" <<'EOF'
 import json, sys

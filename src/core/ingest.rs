@@ -19,6 +19,7 @@ use super::catalog::{
 use super::inspect::{DiskFormat, DiskInfo, Inspector, Limits};
 use super::manifest::OCI_MANIFEST;
 use super::names::{parse_tag, Digest, Reference, RepoName};
+use super::uploads::Taps;
 use super::Registry;
 use crate::auth::{Action, Principal, Resource};
 use crate::error::{Error, Result};
@@ -131,17 +132,20 @@ impl ImageMeta {
     }
 }
 
+/// Bytes handed to the hash threads at a time.
+const SCAN_BATCH: usize = 1 << 20;
+
 /// sha512, md5 and the disk inspection on two threads, fed the same chunks.
 struct Scanner {
-    taps: [mpsc::Sender<Bytes>; 2],
+    taps: Taps,
     sha512: tokio::task::JoinHandle<String>,
     md5: tokio::task::JoinHandle<(String, std::result::Result<DiskInfo, super::inspect::InspectError>)>,
 }
 
 impl Scanner {
     fn start(limits: Limits, declared: Option<DiskFormat>) -> Self {
-        let (tx_512, mut rx_512) = mpsc::channel::<Bytes>(32);
-        let (tx_md5, mut rx_md5) = mpsc::channel::<Bytes>(32);
+        let (tx_512, mut rx_512) = mpsc::channel::<Bytes>(4);
+        let (tx_md5, mut rx_md5) = mpsc::channel::<Bytes>(4);
         let sha512 = tokio::task::spawn_blocking(move || {
             let mut h = Sha512::new();
             while let Some(b) = rx_512.blocking_recv() {
@@ -159,21 +163,19 @@ impl Scanner {
             (hex::encode(h.finalize()), inspector.finish(declared))
         });
         Scanner {
-            taps: [tx_512, tx_md5],
+            taps: Taps::new(vec![tx_512, tx_md5], SCAN_BATCH),
             sha512,
             md5,
         }
     }
 
-    async fn feed(&self, chunk: Bytes) -> std::result::Result<(), ()> {
-        for t in &self.taps {
-            t.send(chunk.clone()).await.map_err(|_| ())?;
-        }
-        Ok(())
+    async fn feed(&mut self, chunk: Bytes) -> std::result::Result<(), ()> {
+        self.taps.feed(&chunk).await
     }
 
-    async fn finish(self) -> Result<Scanned> {
-        drop(self.taps);
+    async fn finish(mut self) -> Result<Scanned> {
+        let _ = self.taps.flush().await;
+        self.taps.close();
         match (self.sha512.await, self.md5.await) {
             (Ok(sha512), Ok((md5, Ok(disk)))) => Ok(Scanned { sha512, md5, disk }),
             (_, Ok((_, Err(e)))) => Err(Error::Refused {
@@ -307,8 +309,8 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let scanner = Scanner::start(limits, declared);
-        let staged = self.stage_blob(body, &scanner.taps).await;
+        let mut scanner = Scanner::start(limits, declared);
+        let staged = self.stage_blob(body, Some(&mut scanner.taps)).await;
         let scanned = scanner.finish().await;
         Ok((staged?, scanned))
     }
@@ -526,7 +528,7 @@ impl Registry {
             max_virtual_size: self.catalog.max_virtual_size_bytes,
         };
         self.claim_status(&rec.repository, &rec.tag, Some("validating")).await?;
-        let scanner = Scanner::start(limits, declared);
+        let mut scanner = Scanner::start(limits, declared);
         let mut sha256 = sha2::Sha256::new();
         let mut read = Ok(());
         while let Some(chunk) = futures::StreamExt::next(&mut data).await {

@@ -338,7 +338,7 @@ impl Registry {
             .await
             .map_err(crate::storage::StoreError::Io)?;
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
-        let staged = self.stage_blob(stream, &[]).await?;
+        let staged = self.stage_blob(stream, None).await?;
         if staged.digest.as_str() != sha256.as_str() {
             self.discard_staged(&staged).await;
             return Err(Error::Storage(crate::storage::StoreError::Other(

@@ -31,6 +31,56 @@ pub struct UploadState {
     pub offset: u64,
 }
 
+/// Other consumers of a body's bytes (hash threads, inspection): chunks are gathered into
+/// batches of `batch` bytes before they are handed over, so a thread wakes once per batch
+/// rather than once per network read.
+pub struct Taps {
+    senders: Vec<tokio::sync::mpsc::Sender<Bytes>>,
+    buf: bytes::BytesMut,
+    batch: usize,
+}
+
+impl Taps {
+    pub fn new(senders: Vec<tokio::sync::mpsc::Sender<Bytes>>, batch: usize) -> Self {
+        Taps {
+            senders,
+            buf: bytes::BytesMut::with_capacity(batch),
+            batch,
+        }
+    }
+
+    pub async fn feed(&mut self, chunk: &Bytes) -> std::result::Result<(), ()> {
+        if self.buf.is_empty() && chunk.len() >= self.batch {
+            return self.send(chunk.clone()).await;
+        }
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() >= self.batch {
+            let full = self.buf.split().freeze();
+            self.buf.reserve(self.batch);
+            return self.send(full).await;
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> std::result::Result<(), ()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let rest = self.buf.split().freeze();
+        self.send(rest).await
+    }
+
+    async fn send(&self, b: Bytes) -> std::result::Result<(), ()> {
+        for s in &self.senders {
+            s.send(b.clone()).await.map_err(|_| ())?;
+        }
+        Ok(())
+    }
+
+    /// Close the channels: the consumers see the end of the bytes.
+    pub fn close(self) {}
+}
+
 /// Upload data of a known digest and size, not yet a blob.
 pub struct StagedBlob {
     id: String,
@@ -291,7 +341,7 @@ impl Registry {
     /// handing every chunk to `taps` too (other hashes, inspection), each of which may be
     /// slower than the disk: a full tap holds the body back. Nothing is readable until
     /// [`Self::commit_staged`]; [`Self::discard_staged`] removes the data.
-    pub async fn stage_blob<S, E>(&self, mut body: S, taps: &[tokio::sync::mpsc::Sender<Bytes>]) -> Result<StagedBlob>
+    pub async fn stage_blob<S, E>(&self, mut body: S, mut taps: Option<&mut Taps>) -> Result<StagedBlob>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -307,8 +357,8 @@ impl Registry {
                 if chunk.is_empty() {
                     continue;
                 }
-                for t in taps {
-                    t.send(chunk.clone())
+                if let Some(t) = taps.as_deref_mut() {
+                    t.feed(&chunk)
                         .await
                         .map_err(|_| Error::Body("content inspection stopped early".into()))?;
                 }
@@ -317,6 +367,11 @@ impl Registry {
                 writer.write(chunk).await?;
             }
             writer.finish().await?;
+            if let Some(t) = taps.as_deref_mut() {
+                t.flush()
+                    .await
+                    .map_err(|_| Error::Body("content inspection stopped early".into()))?;
+            }
             Ok(StagedBlob {
                 id: id.clone(),
                 digest: Digest::sha256_of_hex(&hex::encode(hasher.finalize())),
