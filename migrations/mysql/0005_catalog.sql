@@ -26,7 +26,8 @@ CREATE TABLE catalog_entries (
     KEY catalog_entries_ns (namespace, name, version),
     KEY catalog_entries_created (created_at, id),
     KEY catalog_entries_size (size, id),
-    KEY catalog_entries_type (type, created_at),
+    KEY catalog_entries_type_name (type, name, version, id),
+    KEY catalog_entries_type_created (type, created_at, id),
     KEY catalog_entries_digest (digest)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 

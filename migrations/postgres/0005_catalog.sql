@@ -30,7 +30,9 @@ CREATE INDEX catalog_entries_name ON catalog_entries(name, version, id);
 CREATE INDEX catalog_entries_ns ON catalog_entries(namespace, name, version);
 CREATE INDEX catalog_entries_created ON catalog_entries(created_at, id);
 CREATE INDEX catalog_entries_size ON catalog_entries(size, id);
-CREATE INDEX catalog_entries_type ON catalog_entries(type, created_at);
+-- A type filter with each sort order (type is the commonest filter: ?type=vm-image).
+CREATE INDEX catalog_entries_type_name ON catalog_entries(type, name, version, id);
+CREATE INDEX catalog_entries_type_created ON catalog_entries(type, created_at, id);
 CREATE INDEX catalog_entries_digest ON catalog_entries(digest);
 
 -- Labels again, one row each, for filtering.

@@ -371,27 +371,47 @@ impl CatalogStore for SqlStore {
             }
         }
         let (gt, dir) = if q.descending { ("<", "DESC") } else { (">", "ASC") };
+        // Row values make the cursor a range on the sort index (SQLite, PostgreSQL); MariaDB
+        // gets the expanded form.
+        let rows = self.dialect != super::Dialect::MySql;
         match &q.after {
             None => {}
             Some(Cursor::Name(name, version, id)) => {
-                sql.push_str(&format!(
-                    " AND (name {gt} ? OR (name = ? AND (version {gt} ? OR (version = ? AND id {gt} ?))))"
-                ));
-                for v in [name, name, version, version, id] {
-                    args.push(Arg::Text(v.clone()));
+                if rows {
+                    sql.push_str(&format!(" AND (name, version, id) {gt} (?, ?, ?)"));
+                    for v in [name, version, id] {
+                        args.push(Arg::Text(v.clone()));
+                    }
+                } else {
+                    sql.push_str(&format!(
+                        " AND (name {gt} ? OR (name = ? AND (version {gt} ? OR (version = ? AND id {gt} ?))))"
+                    ));
+                    for v in [name, name, version, version, id] {
+                        args.push(Arg::Text(v.clone()));
+                    }
                 }
             }
             Some(Cursor::Created(at, id)) => {
-                sql.push_str(&format!(" AND (created_at {gt} ? OR (created_at = ? AND id {gt} ?))"));
-                args.push(Arg::Int(*at));
-                args.push(Arg::Int(*at));
+                if rows {
+                    sql.push_str(&format!(" AND (created_at, id) {gt} (?, ?)"));
+                    args.push(Arg::Int(*at));
+                } else {
+                    sql.push_str(&format!(" AND (created_at {gt} ? OR (created_at = ? AND id {gt} ?))"));
+                    args.push(Arg::Int(*at));
+                    args.push(Arg::Int(*at));
+                }
                 args.push(Arg::Text(id.clone()));
             }
             Some(Cursor::Size(size, id)) => {
                 let size = (*size).min(i64::MAX as u64) as i64;
-                sql.push_str(&format!(" AND (size {gt} ? OR (size = ? AND id {gt} ?))"));
-                args.push(Arg::Int(size));
-                args.push(Arg::Int(size));
+                if rows {
+                    sql.push_str(&format!(" AND (size, id) {gt} (?, ?)"));
+                    args.push(Arg::Int(size));
+                } else {
+                    sql.push_str(&format!(" AND (size {gt} ? OR (size = ? AND id {gt} ?))"));
+                    args.push(Arg::Int(size));
+                    args.push(Arg::Int(size));
+                }
                 args.push(Arg::Text(id.clone()));
             }
         }
