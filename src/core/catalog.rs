@@ -371,39 +371,54 @@ impl Registry {
             .and_then(|v| v.parse::<i64>().ok())
             .unwrap_or(0);
         let events = self.meta.events_after(cursor, 500).await?;
-        let Some(last) = events.last().map(|e| e.id) else {
-            return Ok(0);
-        };
+        let mut done = cursor;
         for e in &events {
-            let result = match (e.kind.as_str(), &e.tag, &e.digest) {
-                ("manifest.push" | "tag.delete", Some(tag), _) => {
-                    self.reindex_tag(&e.repository, tag).await.map(|_| ())
-                }
-                ("manifest.delete", _, Some(digest)) => {
-                    // Entries still naming the deleted manifest: their tags went with it.
-                    let q = EntryQuery {
-                        digest: Some(digest.clone()),
-                        limit: 1000,
-                        ..Default::default()
-                    };
-                    match self.meta.catalog_query(&q).await {
-                        Ok(list) => {
-                            for entry in list.iter().filter(|x| x.repository == e.repository) {
-                                self.reindex_tag(&entry.repository, &entry.tag).await?;
-                            }
-                            Ok(())
-                        }
-                        Err(err) => Err(err.into()),
+            match self.index_event(e).await {
+                Ok(()) => {}
+                Err(Error::Storage(err)) => {
+                    // The store failed (most likely for a moment): keep the cursor before this
+                    // event, so that the next round indexes it again.
+                    if done > cursor {
+                        self.meta.setting_advance(INDEX_CURSOR, done).await?;
                     }
+                    return Err(Error::Storage(err));
                 }
-                _ => Ok(()),
-            };
-            if let Err(err) = result {
-                tracing::warn!(event = e.id, kind = %e.kind, repository = %e.repository, error = %err, "catalog indexing of an event failed");
+                Err(err) => {
+                    // Something about this event's content cannot be indexed: say so, go on.
+                    tracing::warn!(event = e.id, kind = %e.kind, repository = %e.repository, error = %err, "catalog indexing of an event failed");
+                }
             }
+            done = e.id;
         }
-        self.meta.setting_advance(INDEX_CURSOR, last).await?;
+        if done > cursor {
+            self.meta.setting_advance(INDEX_CURSOR, done).await?;
+        }
         Ok(events.len())
+    }
+
+    async fn index_event(&self, e: &crate::storage::catalog::EventRecord) -> Result<()> {
+        match (e.kind.as_str(), &e.tag, &e.digest) {
+            ("manifest.push" | "tag.delete", Some(tag), _) => self.reindex_tag(&e.repository, tag).await.map(|_| ()),
+            ("manifest.delete", _, Some(digest)) => {
+                // Entries still naming the deleted manifest: their tags went with it.
+                let q = EntryQuery {
+                    digest: Some(digest.clone()),
+                    limit: 1000,
+                    ..Default::default()
+                };
+                for entry in self
+                    .meta
+                    .catalog_query(&q)
+                    .await?
+                    .iter()
+                    .filter(|x| x.repository == e.repository)
+                {
+                    self.reindex_tag(&entry.repository, &entry.tag).await?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     // ----- queries ----------------------------------------------------------------------

@@ -322,7 +322,7 @@ impl Registry {
         }
 
         // The package itself: description as config, the CSAR as the layer.
-        let mut description = serde_json::to_value(&package).unwrap_or_else(|_| json!({}));
+        let mut description = serde_json::to_value(package).unwrap_or_else(|_| json!({}));
         description["software_images"] = json!(images);
         description["certificates"] = json!(self.certificates(&tmp.0, package, limits).await);
         let config = serde_json::to_vec(&description).map_err(|e| Error::ManifestInvalid(e.to_string()))?;
