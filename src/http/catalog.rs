@@ -629,12 +629,17 @@ pub async fn upload_image(State(state): State<AppState>, parts: Parts, body: Bod
         )),
     )
     .await;
+    Ok(created(entry))
+}
+
+/// 201 with the new entry and its Location.
+fn created(entry: EntryRecord) -> Response {
     let location = format!("/api/v1/images/{}", entry.id);
     let mut resp = (StatusCode::CREATED, Json(Entry::from(entry))).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    Ok(resp)
+    resp
 }
 
 async fn audit_refusal(state: &AppState, c: &Caller, action: &str, e: &Error) {
@@ -682,12 +687,7 @@ pub async fn upload_package(State(state): State<AppState>, parts: Parts, body: B
         None,
     )
     .await;
-    let location = format!("/api/v1/images/{}", entry.id);
-    let mut resp = (StatusCode::CREATED, Json(Entry::from(entry))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    Ok(created(entry))
 }
 
 /// A resumable upload session.
@@ -884,12 +884,7 @@ pub async fn finish_upload(
         )),
     )
     .await;
-    let location = format!("/api/v1/images/{}", entry.id);
-    let mut resp = (StatusCode::CREATED, Json(Entry::from(entry))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    Ok(created(entry))
 }
 
 /// Abandon a resumable upload and its bytes.
