@@ -258,13 +258,27 @@ impl Registry {
         };
         self.claim_status(repo.as_str(), &tag, Some("validating")).await?;
         self.commit_staged(&repo, &staged).await?;
-        let manifest = self
-            .vm_manifest(&repo, meta, &staged.digest, staged.size, &scanned, &origin)
-            .await?;
-        self.put_manifest(&repo, &Reference::Tag(tag.clone()), OCI_MANIFEST, manifest, &[])
+        self.publish_vm_image(&repo, &tag, meta, &staged.digest, staged.size, &scanned, &origin)
+            .await
+    }
+
+    /// Tag the stored, inspected bytes as a VM image artifact and record its catalog entry.
+    #[allow(clippy::too_many_arguments)]
+    async fn publish_vm_image(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+        meta: &ImageMeta,
+        digest: &Digest,
+        size: u64,
+        scanned: &Scanned,
+        origin: &Origin<'_>,
+    ) -> Result<EntryRecord> {
+        let manifest = self.vm_manifest(repo, meta, digest, size, scanned, origin).await?;
+        self.put_manifest(repo, &Reference::Tag(tag.to_string()), OCI_MANIFEST, manifest, &[])
             .await?;
         let entry = self
-            .derive_entry(repo.as_str(), &tag, origin.source)
+            .derive_entry(repo.as_str(), tag, origin.source)
             .await?
             .ok_or_else(|| Error::Conflict(format!("{repo}:{tag} was deleted while it was being uploaded")))?;
         self.record_entry(entry, meta.labels.clone(), meta.description.clone())
@@ -495,14 +509,15 @@ impl Registry {
         start: Option<u64>,
         len: Option<u64>,
         body: S,
-    ) -> Result<u64>
+    ) -> Result<(ImageUploadRecord, u64)>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
         let (rec, _, _) = self.image_upload(p, id).await?;
         let repo = RepoName::parse(&rec.repository)?;
-        Ok(self.append_upload(&repo, id, start, len, body).await?.offset)
+        let offset = self.append_upload(&repo, id, start, len, body).await?.offset;
+        Ok((rec, offset))
     }
 
     /// Close the session: read the bytes back once for the three hashes and the inspection,
@@ -564,14 +579,7 @@ impl Registry {
             source: "upload",
             package: None,
         };
-        let manifest = self.vm_manifest(&repo, &meta, &digest, size, &scanned, &origin).await?;
-        self.put_manifest(&repo, &Reference::Tag(rec.tag.clone()), OCI_MANIFEST, manifest, &[])
-            .await?;
-        let entry = self
-            .derive_entry(repo.as_str(), &rec.tag, origin.source)
-            .await?
-            .ok_or_else(|| Error::Conflict(format!("{repo}:{} was deleted while it was being uploaded", rec.tag)))?;
-        self.record_entry(entry, meta.labels.clone(), meta.description.clone())
+        self.publish_vm_image(&repo, &rec.tag, &meta, &digest, size, &scanned, &origin)
             .await
     }
 

@@ -816,10 +816,9 @@ pub async fn append_upload(
 ) -> Result<Response, Problem> {
     let c = caller(&state, &parts).await?;
     let (start, len) = chunk_position(&parts.headers)?;
-    let offset = state
+    let (rec, offset) = state
         .append_image_upload(&c.principal, &id, start, len, body.into_data_stream())
         .await?;
-    let (rec, _, _) = state.image_upload(&c.principal, &id).await?;
     Ok(session_response(
         StatusCode::ACCEPTED,
         &id,
