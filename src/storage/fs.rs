@@ -6,7 +6,7 @@
 //! most a few chunks in memory whatever the blob size.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -18,7 +18,12 @@ use super::StoreError;
 use crate::core::names::{Algorithm, Digest};
 
 const READ_CHUNK: usize = 256 * 1024;
-const WRITE_BUFFER: usize = 1024 * 1024;
+/// Chunks are handed to the writer thread in batches of at least this many bytes (written
+/// with one vectored write each, no copy), at most `WRITE_QUEUE` batches ahead of the disk:
+/// hashing and receiving go on while the disk catches up, in bounded memory per upload.
+const WRITE_BATCH: usize = 1024 * 1024;
+const WRITE_BATCH_CHUNKS: usize = 256;
+const WRITE_QUEUE: usize = 4;
 /// With fsync on, writeback of upload data is started every this many bytes, so the final
 /// fdatasync finds little left to write.
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
@@ -191,30 +196,29 @@ impl BlobStore for FsBlobStore {
             Ok(file)
         })
         .await?;
-        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE);
         let (done_tx, done_rx) = oneshot::channel();
         let early_writeback = self.fsync;
         tokio::task::spawn_blocking(move || {
-            let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+            let mut file = file;
             let mut total = offset;
             let mut flushed_to = offset;
             let res = (|| {
-                while let Some(chunk) = rx.blocking_recv() {
-                    out.write_all(&chunk)?;
-                    total += chunk.len() as u64;
+                while let Some(batch) = rx.blocking_recv() {
+                    total += write_batch(&mut file, &batch)?;
                     if early_writeback && total - flushed_to >= WRITEBACK_EVERY {
-                        out.flush()?;
-                        start_writeback(out.get_ref(), flushed_to, total - flushed_to);
+                        start_writeback(&file, flushed_to, total - flushed_to);
                         flushed_to = total;
                     }
                 }
-                out.flush()?;
                 Ok(total)
             })();
             let _ = done_tx.send(res);
         });
         Ok(Box::new(FsWriter {
             tx: Some(tx),
+            pending: Vec::new(),
+            pending_len: 0,
             done: done_rx,
         }))
     }
@@ -346,18 +350,21 @@ impl BlobStore for FsBlobStore {
 }
 
 struct FsWriter {
-    tx: Option<mpsc::Sender<Bytes>>,
+    tx: Option<mpsc::Sender<Vec<Bytes>>>,
+    pending: Vec<Bytes>,
+    pending_len: usize,
     done: oneshot::Receiver<io::Result<u64>>,
 }
 
-#[async_trait]
-impl BlobWriter for FsWriter {
-    async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+impl FsWriter {
+    async fn send_pending(&mut self) -> Result<(), StoreError> {
         let tx = self
             .tx
             .as_ref()
             .ok_or_else(|| StoreError::Other("writer finished".into()))?;
-        if tx.send(chunk).await.is_err() {
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_len = 0;
+        if tx.send(batch).await.is_err() {
             // The writer thread stopped: its error is in `done`.
             self.tx = None;
             return match (&mut self.done).await {
@@ -367,8 +374,39 @@ impl BlobWriter for FsWriter {
         }
         Ok(())
     }
+}
+
+/// Write all of `batch` at the file's position with vectored writes; returns the bytes written.
+fn write_batch(file: &mut File, batch: &[Bytes]) -> io::Result<u64> {
+    let mut slices: Vec<io::IoSlice<'_>> = batch.iter().map(|b| io::IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    let mut written = 0u64;
+    while !rest.is_empty() {
+        let n = file.write_vectored(rest)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        written += n as u64;
+        io::IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(written)
+}
+
+#[async_trait]
+impl BlobWriter for FsWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        self.pending_len += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_len >= WRITE_BATCH || self.pending.len() >= WRITE_BATCH_CHUNKS {
+            self.send_pending().await?;
+        }
+        Ok(())
+    }
 
     async fn finish(mut self: Box<Self>) -> Result<u64, StoreError> {
+        if !self.pending.is_empty() {
+            self.send_pending().await?;
+        }
         self.tx = None;
         match self.done.await {
             Ok(res) => Ok(res?),
