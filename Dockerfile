@@ -7,7 +7,7 @@ COPY migrations ./migrations
 RUN cargo build --release --locked && strip target/release/image-manager
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 && rm -rf /var/lib/apt/lists/* \
     && useradd --system --home /var/lib/image-manager --create-home image-manager
 COPY --from=build /src/target/release/image-manager /usr/local/bin/image-manager
 COPY config/image-manager.toml /etc/image-manager/image-manager.toml

@@ -10,6 +10,8 @@ need_apt=()
 command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The build links OpenSSL's libcrypto (sha512 and md5 of VM image ingest).
+{ command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; } || need_apt+=(libssl-dev pkg-config)
 if ((${#need_apt[@]})); then
   echo "installing Debian packages: ${need_apt[*]}"
   apt-get update -qq

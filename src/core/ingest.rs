@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use futures::Stream;
+use openssl::hash::{Hasher, MessageDigest};
 use serde_json::{json, Map, Value};
 use sha2::Digest as _;
 use tokio::sync::mpsc;
@@ -19,7 +20,7 @@ use super::catalog::{
 use super::inspect::{DiskFormat, DiskInfo, Inspector, Limits};
 use super::manifest::OCI_MANIFEST;
 use super::names::{parse_tag, Digest, Reference, RepoName};
-use super::uploads::Taps;
+use super::uploads::{Batch, Taps};
 use super::Registry;
 use crate::auth::{Action, Principal, Resource};
 use crate::error::{Error, Result};
@@ -134,34 +135,44 @@ impl ImageMeta {
 
 /// Bytes handed to the hash threads at a time.
 const SCAN_BATCH: usize = 1 << 20;
+/// Batches a hash thread may be behind the body (bounds the memory of one ingest).
+const SCAN_QUEUE: usize = 16;
+
+type HashResult<T> = std::result::Result<T, openssl::error::ErrorStack>;
 
 /// sha512, md5 and the disk inspection on two threads, fed the same chunks.
 struct Scanner {
     taps: Taps,
-    sha512: tokio::task::JoinHandle<String>,
-    md5: tokio::task::JoinHandle<(String, std::result::Result<DiskInfo, super::inspect::InspectError>)>,
+    sha512: tokio::task::JoinHandle<HashResult<String>>,
+    md5: tokio::task::JoinHandle<HashResult<(String, std::result::Result<DiskInfo, super::inspect::InspectError>)>>,
 }
 
 impl Scanner {
     fn start(limits: Limits, declared: Option<DiskFormat>) -> Self {
-        let (tx_512, mut rx_512) = mpsc::channel::<Bytes>(4);
-        let (tx_md5, mut rx_md5) = mpsc::channel::<Bytes>(4);
-        // ring's SHA-512 (BoringSSL's assembly) runs about 15% faster here than sha2's.
+        let (tx_512, mut rx_512) = mpsc::channel::<Batch>(SCAN_QUEUE);
+        let (tx_md5, mut rx_md5) = mpsc::channel::<Batch>(SCAN_QUEUE);
+        // OpenSSL's SHA-512 and MD5 (its AVX2 and tuned assembly, picked for the CPU at run
+        // time) run 20-50% faster here than ring's or RustCrypto's, and these two hashes are
+        // what an ingest costs beyond a push.
         let sha512 = tokio::task::spawn_blocking(move || {
-            let mut h = ring::digest::Context::new(&ring::digest::SHA512);
+            let mut h = Hasher::new(MessageDigest::sha512())?;
             while let Some(b) = rx_512.blocking_recv() {
-                h.update(&b);
+                for c in b.iter() {
+                    h.update(c)?;
+                }
             }
-            hex::encode(h.finish().as_ref())
+            Ok(hex::encode(h.finish()?))
         });
         let md5 = tokio::task::spawn_blocking(move || {
-            let mut h = md5::Md5::new();
+            let mut h = Hasher::new(MessageDigest::md5())?;
             let mut inspector = Inspector::new(limits);
             while let Some(b) = rx_md5.blocking_recv() {
-                h.update(&b);
-                inspector.feed(&b);
+                for c in b.iter() {
+                    h.update(c)?;
+                    inspector.feed(c);
+                }
             }
-            (hex::encode(h.finalize()), inspector.finish(declared))
+            Ok((hex::encode(h.finish()?), inspector.finish(declared)))
         });
         Scanner {
             taps: Taps::new(vec![tx_512, tx_md5], SCAN_BATCH),
@@ -178,8 +189,8 @@ impl Scanner {
         let _ = self.taps.flush().await;
         self.taps.close();
         match (self.sha512.await, self.md5.await) {
-            (Ok(sha512), Ok((md5, Ok(disk)))) => Ok(Scanned { sha512, md5, disk }),
-            (_, Ok((_, Err(e)))) => Err(Error::Refused {
+            (Ok(Ok(sha512)), Ok(Ok((md5, Ok(disk))))) => Ok(Scanned { sha512, md5, disk }),
+            (_, Ok(Ok((_, Err(e))))) => Err(Error::Refused {
                 reason: format!("the disk image was refused: {e}"),
                 problems: vec![e.to_string()],
             }),

@@ -32,45 +32,43 @@ pub struct UploadState {
 }
 
 /// Other consumers of a body's bytes (hash threads, inspection): chunks are gathered into
-/// batches of `batch` bytes before they are handed over, so a thread wakes once per batch
-/// rather than once per network read.
+/// batches of at least `batch` bytes before they are handed over, so a thread wakes once per
+/// batch rather than once per network read. A batch shares the chunks (no copy).
 pub struct Taps {
-    senders: Vec<tokio::sync::mpsc::Sender<Bytes>>,
-    buf: bytes::BytesMut,
+    senders: Vec<tokio::sync::mpsc::Sender<Batch>>,
+    pending: Vec<Bytes>,
+    pending_len: usize,
     batch: usize,
 }
 
+/// Consecutive chunks of a body, shared by every tap.
+pub type Batch = std::sync::Arc<Vec<Bytes>>;
+
 impl Taps {
-    pub fn new(senders: Vec<tokio::sync::mpsc::Sender<Bytes>>, batch: usize) -> Self {
+    pub fn new(senders: Vec<tokio::sync::mpsc::Sender<Batch>>, batch: usize) -> Self {
         Taps {
             senders,
-            buf: bytes::BytesMut::with_capacity(batch),
+            pending: Vec::new(),
+            pending_len: 0,
             batch,
         }
     }
 
     pub async fn feed(&mut self, chunk: &Bytes) -> std::result::Result<(), ()> {
-        if self.buf.is_empty() && chunk.len() >= self.batch {
-            return self.send(chunk.clone()).await;
-        }
-        self.buf.extend_from_slice(chunk);
-        if self.buf.len() >= self.batch {
-            let full = self.buf.split().freeze();
-            self.buf.reserve(self.batch);
-            return self.send(full).await;
+        self.pending_len += chunk.len();
+        self.pending.push(chunk.clone());
+        if self.pending_len >= self.batch {
+            return self.flush().await;
         }
         Ok(())
     }
 
     pub async fn flush(&mut self) -> std::result::Result<(), ()> {
-        if self.buf.is_empty() {
+        if self.pending.is_empty() {
             return Ok(());
         }
-        let rest = self.buf.split().freeze();
-        self.send(rest).await
-    }
-
-    async fn send(&self, b: Bytes) -> std::result::Result<(), ()> {
+        let b: Batch = std::sync::Arc::new(std::mem::take(&mut self.pending));
+        self.pending_len = 0;
         for s in &self.senders {
             s.send(b.clone()).await.map_err(|_| ())?;
         }
