@@ -2,8 +2,9 @@
 //!
 //! Layout under the root: `blobs/<algorithm>/<first two hex>/<hex>` for committed blobs and
 //! `uploads/<uuid>` for upload data. Only digests' hex and UUIDs ever become path components.
-//! File I/O runs on blocking threads fed through small bounded channels, so a transfer holds at
-//! most a few chunks in memory whatever the blob size.
+//! File I/O runs on blocking threads fed through small bounded channels, so a transfer holds a
+//! bounded amount in memory whatever the blob size: a few 256 KiB chunks when reading, at most
+//! five 1 MiB batches of received chunks when writing.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
