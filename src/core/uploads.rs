@@ -8,7 +8,7 @@ use sha2::{Digest as _, Sha256};
 use super::names::{Digest, RepoName};
 use super::Registry;
 use crate::error::{Error, Result};
-use crate::storage::{ByteRange, ByteStream};
+use crate::storage::{ByteRange, ByteStream, ChunkBatch};
 
 /// A blob as served: its size and the bytes (all of them or the requested range).
 pub struct BlobBody {
@@ -36,8 +36,7 @@ pub struct UploadState {
 /// batch rather than once per network read. A batch shares the chunks (no copy).
 pub struct Taps {
     senders: Vec<tokio::sync::mpsc::Sender<Batch>>,
-    pending: Vec<Bytes>,
-    pending_len: usize,
+    pending: ChunkBatch,
     batch: usize,
 }
 
@@ -48,16 +47,14 @@ impl Taps {
     pub fn new(senders: Vec<tokio::sync::mpsc::Sender<Batch>>, batch: usize) -> Self {
         Taps {
             senders,
-            pending: Vec::new(),
-            pending_len: 0,
+            pending: ChunkBatch::default(),
             batch,
         }
     }
 
     pub async fn feed(&mut self, chunk: &Bytes) -> std::result::Result<(), ()> {
-        self.pending_len += chunk.len();
         self.pending.push(chunk.clone());
-        if self.pending_len >= self.batch {
+        if self.pending.reached(self.batch, usize::MAX) {
             return self.flush().await;
         }
         Ok(())
@@ -67,8 +64,7 @@ impl Taps {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let b: Batch = std::sync::Arc::new(std::mem::take(&mut self.pending));
-        self.pending_len = 0;
+        let b: Batch = std::sync::Arc::new(self.pending.take());
         for s in &self.senders {
             s.send(b.clone()).await.map_err(|_| ())?;
         }

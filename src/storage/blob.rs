@@ -102,3 +102,33 @@ pub trait BlobWriter: Send {
     /// Flush everything written; returns the upload's total size.
     async fn finish(self: Box<Self>) -> Result<u64, StoreError>;
 }
+
+/// Consecutive chunks of a body gathered until they are worth handing to another thread at
+/// once; the chunks are shared, never copied.
+#[derive(Default)]
+pub struct ChunkBatch {
+    chunks: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl ChunkBatch {
+    pub fn push(&mut self, chunk: Bytes) {
+        self.bytes += chunk.len();
+        self.chunks.push(chunk);
+    }
+
+    /// Whether the batch holds at least `bytes` bytes or `chunks` chunks.
+    pub fn reached(&self, bytes: usize, chunks: usize) -> bool {
+        self.bytes >= bytes || self.chunks.len() >= chunks
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// The chunks gathered so far, leaving the batch empty.
+    pub fn take(&mut self) -> Vec<Bytes> {
+        self.bytes = 0;
+        std::mem::take(&mut self.chunks)
+    }
+}

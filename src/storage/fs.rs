@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
-use super::blob::{BlobStore, BlobWriter, ByteRange, ByteStream};
+use super::blob::{BlobStore, BlobWriter, ByteRange, ByteStream, ChunkBatch};
 use super::StoreError;
 use crate::core::names::{Algorithm, Digest};
 
@@ -218,8 +218,7 @@ impl BlobStore for FsBlobStore {
         });
         Ok(Box::new(FsWriter {
             tx: Some(tx),
-            pending: Vec::new(),
-            pending_len: 0,
+            pending: ChunkBatch::default(),
             done: done_rx,
         }))
     }
@@ -352,8 +351,7 @@ impl BlobStore for FsBlobStore {
 
 struct FsWriter {
     tx: Option<mpsc::Sender<Vec<Bytes>>>,
-    pending: Vec<Bytes>,
-    pending_len: usize,
+    pending: ChunkBatch,
     done: oneshot::Receiver<io::Result<u64>>,
 }
 
@@ -363,9 +361,7 @@ impl FsWriter {
             .tx
             .as_ref()
             .ok_or_else(|| StoreError::Other("writer finished".into()))?;
-        let batch = std::mem::take(&mut self.pending);
-        self.pending_len = 0;
-        if tx.send(batch).await.is_err() {
+        if tx.send(self.pending.take()).await.is_err() {
             // The writer thread stopped: its error is in `done`.
             self.tx = None;
             return match (&mut self.done).await {
@@ -396,9 +392,8 @@ fn write_batch(file: &mut File, batch: &[Bytes]) -> io::Result<u64> {
 #[async_trait]
 impl BlobWriter for FsWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
-        self.pending_len += chunk.len();
         self.pending.push(chunk);
-        if self.pending_len >= WRITE_BATCH || self.pending.len() >= WRITE_BATCH_CHUNKS {
+        if self.pending.reached(WRITE_BATCH, WRITE_BATCH_CHUNKS) {
             self.send_pending().await?;
         }
         Ok(())

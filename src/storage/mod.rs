@@ -13,7 +13,7 @@ pub mod meta;
 pub mod s3;
 pub mod sql;
 
-pub use blob::{BlobStore, BlobWriter, ByteRange, ByteStream};
+pub use blob::{BlobStore, BlobWriter, ByteRange, ByteStream, ChunkBatch};
 pub use catalog::CatalogStore;
 pub use meta::MetadataStore;
 
