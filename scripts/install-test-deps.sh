@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+command -v buildah >/dev/null 2>&1 || need_apt+=(buildah)
 command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The build links OpenSSL's libcrypto (sha512 and md5 of VM image ingest).
@@ -26,3 +28,6 @@ if ! python3 -c 'import pytest, requests, oras, schemathesis' 2>/dev/null || ! m
   echo "installing Python test packages"
   python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi
+
+# oras and cosign CLIs (static binaries from Debian trixie, unpacked into a cache folder).
+scripts/install-tools.sh >/dev/null
