@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches client tools that this machine's Debian release does not package but Debian trixie
-# does, as static Go binaries: `oras` (ORAS CLI, tested by tests/clients/test_oras_cli.py) and
+# does, as static Go binaries: `oras` (the ORAS CLI, for the client tests) and
 # `cosign` (signing, for the trust work). Only the packages themselves are downloaded (their
 # Depends are not: the binaries are static), with `apt-get download` through a private apt
 # configuration naming trixie on the same mirror host as the machine's own apt sources; the
@@ -13,7 +13,7 @@
 #     cosign/usr/bin/cosign
 #     bin/oras, bin/cosign    symlinks to the above: the path the test suites use
 #
-# tests/clients/conftest.py looks for `oras` in $IM_ORAS (if set), then in that bin/ folder.
+# Tests are to find the binaries in that bin/ folder.
 # Idempotent: when both binaries are present and run, nothing is fetched.
 # Prints the bin/ folder on its last line.
 set -euo pipefail
