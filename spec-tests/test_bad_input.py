@@ -287,6 +287,8 @@ def test_bad_range_header_on_blob_get(reg, repo, rng):
 
 @pytest.mark.parametrize("content_range", [
     "abc", "5-2", "0-", "-5", "0-4-9", "x-y", "0-99999999999999999999999999",
+    # the largest end a u64 holds: its length (end + 1) does not fit, and must not overflow
+    "0-18446744073709551615", "bytes 0-18446744073709551615/*",
 ])
 def test_bad_content_range_on_patch(reg, repo, content_range):
     """PATCH: the Content-Range "MUST match the following regular expression ^[0-9]+-[0-9]+$" -

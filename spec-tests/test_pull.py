@@ -71,6 +71,17 @@ def test_pull_manifest_unknown_digest_returns_404_manifest_unknown(reg, image):
     assert_error(r, 404, "MANIFEST_UNKNOWN")
 
 
+@pytest.mark.parametrize("reference", [".INVALID_MANIFEST_NAME", "-lead", "has+plus",
+                                       "sha256:not-hex", "md5:" + "a" * 32])
+def test_pull_manifest_invalid_reference_returns_404_manifest_unknown(reg, image, reference):
+    """Pulling manifests: a reference that is neither a tag nor a digest names no manifest, so
+    GET and HEAD answer as for any manifest not found: 404 MANIFEST_UNKNOWN (what the OCI
+    conformance suite expects), never a code outside the spec's table."""
+    r = reg.get(f"/v2/{image.repo}/manifests/{reference}")
+    assert_error(r, 404, "MANIFEST_UNKNOWN")
+    assert reg.head(f"/v2/{image.repo}/manifests/{reference}").status_code == 404
+
+
 def test_pull_manifest_unknown_repository_returns_404(reg):
     """Push/Pull: "An attempt to pull a nonexistent repository MUST return response code
     `404 Not Found`" (NAME_UNKNOWN or MANIFEST_UNKNOWN)."""

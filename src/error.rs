@@ -85,7 +85,8 @@ impl Error {
             NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
             NameUnknown => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
             SizeInvalid(_) => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),
-            TagInvalid(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
+            // TAG_INVALID is Docker's legacy code, not in the distribution spec's table.
+            TagInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
             Unsupported(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),

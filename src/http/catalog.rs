@@ -775,16 +775,9 @@ pub async fn upload_status(
 fn chunk_position(headers: &HeaderMap) -> Result<(Option<u64>, Option<u64>), Problem> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if let Some(range) = text("content-range") {
-        let range = range.strip_prefix("bytes ").unwrap_or(range);
-        let range = range.split('/').next().unwrap_or(range);
-        let (a, b) = range
-            .split_once('-')
-            .ok_or_else(|| Problem(Error::BadRequest(format!("Content-Range {range:?}: START-END"))))?;
-        let (a, b): (u64, u64) = (number("Content-Range", a)?, number("Content-Range", b)?);
-        if b < a {
-            return Err(Problem(Error::BadRequest("Content-Range: END before START".into())));
-        }
-        return Ok((Some(a), Some(b - a + 1)));
+        let (start, len) = super::registry::parse_content_range(range)
+            .map_err(|_| Problem(Error::BadRequest(format!("Content-Range {range:?}: START-END"))))?;
+        return Ok((Some(start), Some(len)));
     }
     if let Some(off) = text("upload-offset") {
         return Ok((Some(number("Upload-Offset", off)?), None));

@@ -332,7 +332,9 @@ async fn handle(
         }
         (Route::Manifest(name, reference), Method::GET | Method::HEAD) => {
             let repo = RepoName::parse(name)?;
-            let reference = Reference::parse(reference)?;
+            // A reference that is neither a tag nor a digest names no manifest: 404, as for
+            // any manifest that does not exist (what clients and conformance suites expect).
+            let reference = Reference::parse(reference).map_err(|_| Error::ManifestUnknown)?;
             let m = reg.get_manifest(&repo, &reference, !head).await?;
             let reply = Reply::new(StatusCode::OK)
                 .header(header::CONTENT_TYPE, &m.media_type)
@@ -381,7 +383,7 @@ async fn handle(
         }
         (Route::Manifest(name, reference), Method::DELETE) => {
             let repo = RepoName::parse(name)?;
-            let reference = Reference::parse(reference)?;
+            let reference = Reference::parse(reference).map_err(|_| Error::ManifestUnknown)?;
             reg.delete_manifest(&repo, &reference).await?;
             Ok(Reply::new(StatusCode::ACCEPTED).done())
         }
@@ -459,8 +461,8 @@ async fn handle(
                 Method::PATCH => {
                     let (start, len) = match header_str(headers, header::CONTENT_RANGE) {
                         Some(v) => {
-                            let (s, e) = parse_content_range(v)?;
-                            (Some(s), Some(e - s + 1))
+                            let (s, len) = parse_content_range(v)?;
+                            (Some(s), Some(len))
                         }
                         None => (None, None),
                     };
@@ -572,8 +574,9 @@ fn parse_range(v: &str) -> Option<RangeRequest> {
     Some(RangeRequest::From(start, end))
 }
 
-/// A PATCH `Content-Range`: `START-END`, with an optional `bytes ` prefix and `/total` suffix.
-fn parse_content_range(v: &str) -> Result<(u64, u64)> {
+/// A PATCH `Content-Range`: `START-END`, with an optional `bytes ` prefix and `/total` suffix;
+/// returns the start and the length (an end of u64::MAX has no length that fits: refused).
+pub(crate) fn parse_content_range(v: &str) -> Result<(u64, u64)> {
     let bad = || Error::BlobUploadInvalid(format!("invalid Content-Range {v:?}"));
     let spec = v.trim();
     let spec = spec
@@ -587,7 +590,8 @@ fn parse_content_range(v: &str) -> Result<(u64, u64)> {
     if e < s {
         return Err(bad());
     }
-    Ok((s, e))
+    let len = (e - s).checked_add(1).ok_or_else(bad)?;
+    Ok((s, len))
 }
 
 #[cfg(test)]
@@ -620,8 +624,13 @@ mod tests {
         assert_eq!(parse_range("bytes=9-5"), None);
         assert_eq!(parse_range("bytes=0-1,3-4"), None);
         assert_eq!(parse_range("items=0-1"), None);
-        assert_eq!(parse_content_range("0-99").ok(), Some((0, 99)));
-        assert_eq!(parse_content_range("bytes 100-199/*").ok(), Some((100, 199)));
+        assert_eq!(parse_content_range("0-99").ok(), Some((0, 100)));
+        assert_eq!(parse_content_range("bytes 100-199/*").ok(), Some((100, 100)));
+        assert!(parse_content_range("0-18446744073709551615").is_err());
+        assert_eq!(
+            parse_content_range("18446744073709551615-18446744073709551615").ok(),
+            Some((u64::MAX, 1))
+        );
         assert!(parse_content_range("x-1").is_err());
         assert!(parse_content_range("5-1").is_err());
     }

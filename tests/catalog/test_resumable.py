@@ -120,6 +120,8 @@ def test_bad_requests_get_problems(srv, tmp_path):
     problem(requests.get(srv.url + "/api/v1/images/uploads/nope", timeout=30), 404)
     url = start(srv, name="empty", version="1")
     problem(requests.patch(url, data=b"x", headers={"Content-Range": "5-1"}, timeout=30), 400)
+    # an end of u64::MAX has no length that fits (end + 1 overflowed before)
+    problem(requests.patch(url, data=b"x", headers={"Content-Range": "0-18446744073709551615"}, timeout=30), 400)
     problem(requests.put(url, timeout=30), 400)  # nothing uploaded
     assert requests.delete(url, timeout=30).status_code == 204
     problem(requests.delete(url, timeout=30), 404)
