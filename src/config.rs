@@ -41,6 +41,17 @@ pub struct ServerConfig {
     /// Serve plain HTTP on an address beyond loopback (behind a TLS-terminating proxy).
     /// Off by default: without TLS, only loopback addresses are served.
     pub allow_plain_http: bool,
+    /// A client that has not sent a whole request head this long after its first byte is
+    /// disconnected (seconds; plain HTTP and TLS alike).
+    pub header_read_timeout_secs: u64,
+    /// A connection with no request in flight and no byte in either direction for this long
+    /// is closed (keep-alive idle timeout, seconds).
+    pub idle_timeout_secs: u64,
+    /// A request whose body sends no byte for this long fails (a slow but moving upload is
+    /// fine), and so does a response the client stops reading (seconds).
+    pub body_idle_timeout_secs: u64,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +67,10 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             allow_plain_http: false,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 75,
+            body_idle_timeout_secs: 60,
+            max_connections: 4096,
         }
     }
 }
@@ -93,6 +108,15 @@ pub struct RegistryConfig {
     pub max_manifest_bytes: usize,
     /// Storage quota of a namespace that has none set through the admin API (0: unlimited).
     pub default_quota_bytes: u64,
+    /// Largest blob a push may store, on /v2 and through the catalog (0: no limit).
+    pub max_blob_bytes: u64,
+    /// How long a request's exclusive write lease on an upload session lasts unless renewed
+    /// (renewed every third of it while the chunk streams); a stalled writer loses the session
+    /// to the next request after this long.
+    pub upload_lease_secs: u64,
+    /// Below this many free bytes in the blob store (where it can tell: a filesystem), pushes
+    /// are refused with 507 before they start and /readyz reports `degraded`; reads go on.
+    pub min_free_bytes: u64,
 }
 
 impl Default for RegistryConfig {
@@ -103,6 +127,9 @@ impl Default for RegistryConfig {
             upload_sweep_interval_secs: 15 * 60,
             max_manifest_bytes: 4 * 1024 * 1024,
             default_quota_bytes: 0,
+            max_blob_bytes: 256 * 1024 * 1024 * 1024,
+            upload_lease_secs: 30,
+            min_free_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -164,6 +191,10 @@ pub struct CatalogConfig {
     pub max_package_entries: usize,
     pub max_package_uncompressed_bytes: u64,
     pub max_package_ratio: u64,
+    /// Multipart uploads: most metadata fields, and largest metadata field read into memory
+    /// (the `file` part is streamed, never held).
+    pub max_fields: usize,
+    pub max_field_bytes: usize,
 }
 
 impl Default for CatalogConfig {
@@ -176,6 +207,8 @@ impl Default for CatalogConfig {
             max_package_entries: 10_000,
             max_package_uncompressed_bytes: 128 << 30,
             max_package_ratio: 500,
+            max_fields: 200,
+            max_field_bytes: 64 * 1024,
         }
     }
 }

@@ -8,6 +8,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::storage::StoreErrorKind;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +44,19 @@ pub enum Error {
     RangeNotSatisfiable { size: u64 },
     #[error("upload chunk out of order: expected offset {offset}")]
     UploadOutOfOrder { offset: u64 },
+    /// Another request holds the session's write lease (its chunk is still streaming).
+    #[error("upload session is being written by another request; resume at offset {offset} once it is done")]
+    UploadBusy { offset: u64 },
     #[error("payload too large: {0}")]
     TooLarge(String),
     #[error("requested access to the resource is denied: {0}")]
     Denied(String),
     #[error("authentication required: {0}")]
     Unauthorized(String),
+    /// A bearer token that lacks a grant its account holds: 401 with a challenge naming the
+    /// scope needed (`error="insufficient_scope"`), so the client fetches a wider token.
+    #[error("insufficient scope: {0}")]
+    InsufficientScope(String),
     #[error("conflict: {0}")]
     Conflict(String),
     #[error("request headers exceed {0} bytes")]
@@ -90,16 +99,21 @@ impl Error {
             Unsupported(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
-            UploadOutOfOrder { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+            UploadOutOfOrder { .. } | UploadBusy { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
             TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
             Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
-            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            Unauthorized(_) | InsufficientScope(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             Conflict(_) => (StatusCode::CONFLICT, "DENIED"),
             HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "SIZE_INVALID"),
             NotFound => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             Body(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
-            Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            Storage(e) => match e.kind() {
+                StoreErrorKind::Full => (StatusCode::INSUFFICIENT_STORAGE, "UNKNOWN"),
+                StoreErrorKind::Transient => (StatusCode::SERVICE_UNAVAILABLE, "UNKNOWN"),
+                StoreErrorKind::Conflict => (StatusCode::CONFLICT, "UNKNOWN"),
+                StoreErrorKind::NotFound | StoreErrorKind::Other => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            },
             Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "REFUSED"),
             EntryUnknown(_) => (StatusCode::NOT_FOUND, "ENTRY_UNKNOWN"),
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED"),
@@ -108,7 +122,15 @@ impl Error {
 
     fn message(&self) -> String {
         match self {
-            Error::Storage(_) => "internal storage error".to_string(),
+            Error::Storage(e) => match (e.kind(), e.is_blob_store()) {
+                (StoreErrorKind::Full, true) => {
+                    "blob store is full: free space (or raise its quota) and push again".into()
+                }
+                (StoreErrorKind::Full, false) => "metadata database is full: free space and push again".into(),
+                (StoreErrorKind::Transient, _) => "storage is temporarily unavailable; retry".into(),
+                (StoreErrorKind::Conflict, _) => "a concurrent change to the same data won; retry".into(),
+                _ => "internal storage error".to_string(),
+            },
             other => other.to_string(),
         }
     }
@@ -151,6 +173,10 @@ impl IntoResponse for Problem {
                 HeaderValue::from_static("Basic realm=\"image-manager\""),
             );
         }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         resp
     }
 }
@@ -171,7 +197,11 @@ impl IntoResponse for Error {
                     resp.headers_mut().insert(header::CONTENT_RANGE, v);
                 }
             }
-            Error::UploadOutOfOrder { offset } => {
+            Error::Storage(e) if e.kind() == StoreErrorKind::Transient => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Error::UploadOutOfOrder { offset } | Error::UploadBusy { offset } => {
                 let end = offset.saturating_sub(1);
                 if let Ok(v) = HeaderValue::from_str(&format!("0-{end}")) {
                     resp.headers_mut().insert(header::RANGE, v);

@@ -1,7 +1,6 @@
 //! Start-up: open the stores named by the configuration, apply migrations, serve HTTP, run the
 //! background maintenance, and shut down gracefully.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,27 +121,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let collector = (config.gc.interval_secs > 0)
         .then(|| tokio::spawn(collect_garbage(registry.clone(), config.gc.clone(), gc_stop_rx)));
     let app = crate::http::router(registry);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut stop_wait = stop_rx.clone();
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    use axum::serve::ListenerExt;
-    let server = axum::serve(incoming.tap_io(|_| ()), app).with_graceful_shutdown(async move {
-        let mut rx = stop_rx;
-        let _ = rx.wait_for(|s| *s).await;
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        res = &mut server => res.context("server failed")?,
-        () = shutdown_signal() => {
+    let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
+    let limits = crate::http::serve::Limits::from_config(&config.server);
+    crate::http::serve::serve(
+        incoming,
+        app,
+        limits,
+        async {
+            shutdown_signal().await;
             tracing::info!("shutting down: finishing in-flight requests");
-            let _ = stop_tx.send(true);
-            let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
-            if tokio::time::timeout(grace, &mut server).await.is_err() {
-                tracing::warn!("in-flight requests still running after {grace:?}; exiting");
-            }
-        }
-    }
-    let _ = stop_wait.wait_for(|s| *s).await;
+        },
+        grace,
+    )
+    .await;
     sweeper.abort();
     indexer.abort();
     if let Some(mut collector) = collector {

@@ -408,9 +408,26 @@ impl Auth {
                 });
                 if granted {
                     Ok(())
+                } else if matches!(id.principal, Principal::Anonymous) {
+                    // An anonymous token: logging in may help, so challenge (as for no token).
+                    Err(Error::Unauthorized(format!(
+                        "authentication required for {} on {repo}",
+                        action.as_str()
+                    )))
+                } else if self
+                    .allowed(meta, &id.principal, action, Resource::Namespace(repo.namespace()))
+                    .await?
+                {
+                    // The account holds the right: the client asks the token service again,
+                    // for the scope the challenge names.
+                    Err(Error::InsufficientScope(format!(
+                        "the token does not grant {} on {repo}; get one for the scope in the challenge",
+                        action.as_str()
+                    )))
                 } else {
                     Err(Error::Denied(format!(
-                        "the token does not grant {} on {repo}",
+                        "{} may not {} on {repo}",
+                        id.principal.actor(),
                         action.as_str()
                     )))
                 }

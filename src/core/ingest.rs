@@ -20,7 +20,7 @@ use super::catalog::{
 use super::inspect::{DiskFormat, DiskInfo, Inspector, Limits};
 use super::manifest::OCI_MANIFEST;
 use super::names::{parse_tag, Digest, Reference, RepoName};
-use super::uploads::{Batch, Taps};
+use super::uploads::{Batch, SessionLease, Taps};
 use super::Registry;
 use crate::auth::{Action, Principal, Resource};
 use crate::error::{Error, Result};
@@ -547,21 +547,50 @@ impl Registry {
         {
             return Err(Error::Conflict(format!("{repo}:{} exists", rec.tag)));
         }
-        let (size, mut data) = self.session_bytes(&repo, id).await?;
-        if size == 0 {
+        let lease = self.lease_session(&repo, id).await?;
+        let token = lease.token.clone();
+        let done = self
+            .leased(id, &token, self.scan_and_commit(&rec, &repo, &lease, declared))
+            .await;
+        let (digest, size, scanned) = match done {
+            Ok(d) => d,
+            Err(e) => {
+                self.release_lease(id, &token).await;
+                return Err(e);
+            }
+        };
+        self.meta.image_upload_delete(id).await?;
+        let origin = Origin {
+            source: "upload",
+            package: None,
+        };
+        self.publish_vm_image(&repo, &rec.tag, &meta, &digest, size, &scanned, &origin)
+            .await
+    }
+
+    /// Read the session's bytes back once for the inspection and the other two hashes (its
+    /// sha256 was kept with the session), then make them a blob; a refused image ends the
+    /// session.
+    async fn scan_and_commit(
+        &self,
+        rec: &ImageUploadRecord,
+        repo: &RepoName,
+        lease: &SessionLease,
+        declared: Option<DiskFormat>,
+    ) -> Result<(Digest, u64, Scanned)> {
+        if lease.size == 0 {
             return Err(Error::BadRequest("the upload is empty".into()));
         }
+        let mut data = self.leased_bytes(lease).await?;
         let limits = Limits {
             max_virtual_size: self.catalog.max_virtual_size_bytes,
         };
         self.claim_status(&rec.repository, &rec.tag, Some("validating")).await?;
         let mut scanner = Scanner::start(limits, declared);
-        let mut sha256 = sha2::Sha256::new();
         let mut read = Ok(());
         while let Some(chunk) = futures::StreamExt::next(&mut data).await {
             match chunk {
                 Ok(c) => {
-                    sha256.update(&c);
                     if scanner.feed(c).await.is_err() {
                         break;
                     }
@@ -577,21 +606,15 @@ impl Registry {
         let scanned = match scanned {
             Ok(s) => s,
             Err(e) => {
-                self.cancel_upload(&repo, id).await?;
+                self.cancel_upload(repo, &lease.id).await?;
                 self.claim_status(&rec.repository, &rec.tag, None).await?;
-                self.meta.image_upload_delete(id).await?;
+                self.meta.image_upload_delete(&lease.id).await?;
                 return Err(e);
             }
         };
-        let digest = Digest::sha256_of_hex(&hex::encode(sha256.finalize()));
-        self.commit_session(&repo, id, &digest, size).await?;
-        self.meta.image_upload_delete(id).await?;
-        let origin = Origin {
-            source: "upload",
-            package: None,
-        };
-        self.publish_vm_image(&repo, &rec.tag, &meta, &digest, size, &scanned, &origin)
-            .await
+        let digest = Digest::sha256_of_hex(&hex::encode(lease.hash.clone().finalize()));
+        self.commit_leased(repo, lease, &digest).await?;
+        Ok((digest, lease.size, scanned))
     }
 
     /// Abandon the session and its bytes.

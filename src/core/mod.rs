@@ -11,11 +11,9 @@ pub mod names;
 pub mod package;
 pub mod uploads;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::config::RegistryConfig;
 use crate::error::{Error, Result};
@@ -34,9 +32,6 @@ pub struct Registry {
     pub catalog: crate::config::CatalogConfig,
     /// Authentication mode, token keys and the access policy ([`crate::auth`]).
     pub auth: Arc<crate::auth::Auth>,
-    /// Running sha256 of upload sessions this process served last, keyed by id, with the
-    /// offset it covers. Missing or stale entries are rebuilt from the stored bytes.
-    hashers: Mutex<HashMap<String, (u64, Sha256)>>,
     /// Woken after this process changed what the registry holds (the catalog indexer waits).
     pub events: tokio::sync::Notify,
 }
@@ -70,7 +65,6 @@ impl Registry {
             config,
             catalog: crate::config::CatalogConfig::default(),
             auth: Arc::new(crate::auth::Auth::none()),
-            hashers: Mutex::new(HashMap::new()),
             events: tokio::sync::Notify::new(),
         }
     }

@@ -8,7 +8,66 @@ use sha2::{Digest as _, Sha256};
 use super::names::{Digest, RepoName};
 use super::Registry;
 use crate::error::{Error, Result};
+use crate::storage::meta::{UploadAdvance, UploadRecord};
 use crate::storage::{ByteRange, ByteStream, ChunkBatch};
+
+/// A request's exclusive hold on an upload session ([`Registry::lease_session`]): the
+/// acknowledged size, the running hash of those bytes and the data they are in.
+pub(crate) struct SessionLease {
+    pub id: String,
+    pub token: String,
+    pub size: u64,
+    pub hash: Sha256,
+    data: String,
+}
+
+fn lost_lease() -> Error {
+    Error::BlobUploadInvalid(
+        "this request lost the upload session to another one (its write lease lapsed or the session was closed)".into(),
+    )
+}
+
+fn too_large(limit: u64) -> Error {
+    Error::TooLarge(format!(
+        "a blob may have at most {limit} bytes (registry.max_blob_bytes)"
+    ))
+}
+
+/// How many bytes a blob being pushed may reach: the configured maximum blob size, or what is
+/// left of its namespace's quota when that is less.
+pub(crate) struct Cap {
+    bytes: u64,
+    /// The namespace, its usage and quota, when the quota is what limits.
+    quota: Option<(String, u64, u64)>,
+}
+
+impl Cap {
+    /// Refuse a blob that would reach `total` bytes.
+    fn check(&self, total: u64) -> Result<()> {
+        if total <= self.bytes {
+            return Ok(());
+        }
+        Err(match &self.quota {
+            None => too_large(self.bytes),
+            Some((ns, usage, quota)) => Error::Denied(format!(
+                "namespace {ns:?} is over its storage quota: {usage} of {quota} bytes used, this blob needs {total} more"
+            )),
+        })
+    }
+}
+
+/// The running sha256 as text, to keep with the session.
+fn save_hash(h: &Sha256) -> String {
+    use sha2::digest::common::hazmat::SerializableState;
+    format!("sha256:{}", hex::encode(h.serialize()))
+}
+
+fn restore_hash(s: &str) -> Option<Sha256> {
+    use sha2::digest::common::hazmat::{SerializableState, SerializedState};
+    let bytes = hex::decode(s.strip_prefix("sha256:")?).ok()?;
+    let state = SerializedState::<Sha256>::try_from(bytes.as_slice()).ok()?;
+    Sha256::deserialize(&state).ok()
+}
 
 /// A blob as served: its size and the bytes (all of them or the requested range).
 pub struct BlobBody {
@@ -130,6 +189,7 @@ impl Registry {
     }
 
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadState> {
+        self.ensure_room().await?;
         self.check_quota(repo, &Digest::sha256(b""), 0).await?;
         let id = uuid::Uuid::new_v4().to_string();
         self.blobs.upload_create(&id).await?;
@@ -151,44 +211,232 @@ impl Registry {
         Ok(Mount::Upload(self.start_upload(repo).await?))
     }
 
-    async fn session(&self, repo: &RepoName, id: &str) -> Result<u64> {
+    async fn session_record(&self, repo: &RepoName, id: &str) -> Result<UploadRecord> {
         let rec = self.meta.upload_get(id).await?.ok_or(Error::BlobUploadUnknown)?;
         if rec.repo != repo.as_str() {
             return Err(Error::BlobUploadUnknown);
         }
-        Ok(rec.size)
+        Ok(rec)
     }
 
     pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
-        let offset = self.session(repo, id).await?;
+        let rec = self.session_record(repo, id).await?;
         Ok(UploadState {
             id: id.to_string(),
-            offset,
+            offset: rec.size,
         })
     }
 
-    /// Hash state of upload `id` covering its first `offset` bytes.
-    async fn hasher_at(&self, id: &str, offset: u64) -> Result<Sha256> {
-        let cached = self.hashers.lock().ok().and_then(|mut m| m.remove(id));
-        if let Some((at, h)) = cached {
-            if at == offset {
-                return Ok(h);
+    fn lease_ms(&self) -> i64 {
+        (self.config.upload_lease_secs.max(1) as i64).saturating_mul(1000)
+    }
+
+    /// Largest number of bytes one blob may have.
+    fn blob_limit(&self) -> u64 {
+        match self.config.max_blob_bytes {
+            0 => u64::MAX,
+            n => n,
+        }
+    }
+
+    /// The cap on a blob pushed to `repo` (`digest`, when known: a blob the namespace holds
+    /// already costs no quota).
+    pub(crate) async fn push_cap(&self, repo: &RepoName, digest: Option<&Digest>) -> Result<Cap> {
+        self.ensure_room().await?;
+        let limit = self.blob_limit();
+        let ns = repo.namespace();
+        if let Some(quota) = self.quota_of(ns).await? {
+            let held = match digest {
+                Some(d) => self.meta.namespace_has_blob(ns, d.as_str()).await?,
+                None => false,
+            };
+            if !held {
+                let usage = self.meta.namespace_usage(ns).await?;
+                let left = quota.saturating_sub(usage);
+                if left < limit {
+                    return Ok(Cap {
+                        bytes: left,
+                        quota: Some((ns.to_string(), usage, quota)),
+                    });
+                }
             }
         }
-        let mut h = Sha256::new();
-        if offset > 0 {
-            let mut data = self.blobs.upload_read(id, offset).await?;
+        Ok(Cap {
+            bytes: limit,
+            quota: None,
+        })
+    }
+
+    /// Refuse to start writing when the blob store is below its free-space floor (a full disk
+    /// answers 507 here, not half-way through a push).
+    pub(crate) async fn ensure_room(&self) -> Result<()> {
+        if let Some(free) = self.blobs.free_space().await? {
+            if free < self.config.min_free_bytes {
+                return Err(Error::Storage(crate::storage::StoreError::Io(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("{free} bytes free, below registry.min_free_bytes"),
+                ))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Take the exclusive write lease of session `id`: nobody else writes its data until it is
+    /// released, and a request that finds a live lease gets [`Error::UploadBusy`]. A lease that
+    /// expired (its writer stalled or died) is taken over, and the acknowledged bytes are first
+    /// copied to fresh data so that the old writer, should it wake up, cannot touch them.
+    pub(crate) async fn lease_session(&self, repo: &RepoName, id: &str) -> Result<SessionLease> {
+        let rec = self.session_record(repo, id).await?;
+        let now = crate::storage::now_ms();
+        if rec.writer.is_some() && rec.writer_until >= now {
+            return Err(Error::UploadBusy { offset: rec.size });
+        }
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let locked = self
+            .meta
+            .upload_lock(id, rec.size, rec.writer.as_deref(), &token, now + self.lease_ms(), now)
+            .await?;
+        if !locked {
+            let offset = self.meta.upload_get(id).await?.map_or(rec.size, |r| r.size);
+            return Err(Error::UploadBusy { offset });
+        }
+        let taken_over = rec.writer.is_some();
+        let prepared = self
+            .leased(id, &token, self.prepare_lease(&rec, &token, taken_over))
+            .await;
+        match prepared {
+            Ok((data, hash)) => Ok(SessionLease {
+                id: id.to_string(),
+                token,
+                size: rec.size,
+                hash,
+                data,
+            }),
+            Err(e) => {
+                self.release_lease(id, &token).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The data and running hash a new lease holder continues from.
+    async fn prepare_lease(&self, rec: &UploadRecord, token: &str, taken_over: bool) -> Result<(String, Sha256)> {
+        let restored = match &rec.hash_state {
+            Some(state) => Some(restore_hash(state).ok_or_else(|| {
+                Error::BlobUploadInvalid("the session's saved hash state is unreadable; start the upload again".into())
+            })?),
+            None if rec.size == 0 => Some(Sha256::new()),
+            None => None,
+        };
+        if !taken_over {
+            let hash = match restored {
+                Some(h) => h,
+                None => self.rebuild_hash(rec.data(), rec.size).await?,
+            };
+            return Ok((rec.data().to_string(), hash));
+        }
+        let (fresh, rebuilt) = self.copy_upload_data(rec.data(), rec.size).await?;
+        let hash = restored.unwrap_or(rebuilt);
+        let state = save_hash(&hash);
+        let moved = self
+            .meta
+            .upload_advance(
+                &rec.id,
+                token,
+                &UploadAdvance {
+                    from: rec.size,
+                    to: rec.size,
+                    hash_state: &state,
+                    data_id: &fresh,
+                    release: false,
+                },
+            )
+            .await;
+        if !matches!(moved, Ok(true)) {
+            self.drop_upload_data(&fresh).await;
+            moved?;
+            return Err(lost_lease());
+        }
+        tracing::info!(upload = %rec.id, from = rec.data(), to = %fresh, "took over an upload session whose writer's lease expired");
+        self.drop_upload_data(rec.data()).await;
+        Ok((fresh, hash))
+    }
+
+    /// Copy the first `len` bytes of upload data `from` to new data; returns its id and their hash.
+    async fn copy_upload_data(&self, from: &str, len: u64) -> Result<(String, Sha256)> {
+        let to = uuid::Uuid::new_v4().to_string();
+        self.blobs.upload_create(&to).await?;
+        let copied = async {
+            let mut hash = Sha256::new();
+            let mut writer = self.blobs.upload_writer(&to, 0).await?;
+            let mut data = self.blobs.upload_read(from, len).await?;
             while let Some(chunk) = data.next().await {
+                let chunk = chunk.map_err(crate::storage::StoreError::from)?;
+                hash.update(&chunk);
+                writer.write(chunk).await?;
+            }
+            writer.finish().await?;
+            Ok::<_, Error>(hash)
+        }
+        .await;
+        match copied {
+            Ok(hash) => Ok((to, hash)),
+            Err(e) => {
+                self.drop_upload_data(&to).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn drop_upload_data(&self, data: &str) {
+        if let Err(e) = self.blobs.upload_abort(data).await {
+            tracing::warn!(data, error = %e, "could not remove upload data");
+        }
+    }
+
+    /// Give a lease up (best effort: an unreleased lease lapses by itself).
+    pub(crate) async fn release_lease(&self, id: &str, token: &str) {
+        if let Err(e) = self.meta.upload_release(id, token).await {
+            tracing::warn!(upload = id, error = %e, "could not release an upload session's lease");
+        }
+    }
+
+    /// Run `work` while holding the lease `token` on session `id`, renewing it every third of
+    /// its duration; `work` is dropped (and the lease reported lost) when a renewal fails.
+    pub(crate) async fn leased<T>(
+        &self,
+        id: &str,
+        token: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let every = std::time::Duration::from_millis((self.lease_ms() / 3).max(1) as u64);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = tick.tick() => {
+                    let until = crate::storage::now_ms() + self.lease_ms();
+                    if !self.meta.upload_renew(id, token, until).await? {
+                        return Err(lost_lease());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sha256 of the first `len` bytes of upload data (sessions from before hash states
+    /// were saved).
+    async fn rebuild_hash(&self, data: &str, len: u64) -> Result<Sha256> {
+        let mut h = Sha256::new();
+        if len > 0 {
+            let mut bytes = self.blobs.upload_read(data, len).await?;
+            while let Some(chunk) = bytes.next().await {
                 h.update(chunk.map_err(crate::storage::StoreError::from)?);
             }
         }
         Ok(h)
-    }
-
-    fn keep_hasher(&self, id: &str, offset: u64, h: Sha256) {
-        if let Ok(mut m) = self.hashers.lock() {
-            m.insert(id.to_string(), (offset, h));
-        }
     }
 
     /// Append `body` to upload `id`. `start` is where the client says the chunk begins
@@ -205,101 +453,184 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let offset = self.session(repo, id).await?;
-        if start.is_some_and(|s| s != offset) {
-            return Err(Error::UploadOutOfOrder { offset });
+        if start.is_some() {
+            // Refuse a chunk at the wrong offset without taking the lease.
+            let offset = self.session_record(repo, id).await?.size;
+            if start != Some(offset) {
+                return Err(Error::UploadOutOfOrder { offset });
+            }
         }
-        let mut hasher = self.hasher_at(id, offset).await?;
-        let written = self.write_body(id, offset, &mut hasher, body).await?;
-        if len.is_some_and(|l| l != written) {
-            return Err(Error::SizeInvalid(format!(
-                "chunk was {written} bytes, not the {} announced",
-                len.unwrap_or(0)
-            )));
+        let cap = self.push_cap(repo, None).await?;
+        let mut lease = self.lease_session(repo, id).await?;
+        let token = lease.token.clone();
+        let appended = self
+            .leased(id, &token, async {
+                let offset = lease.size;
+                if start.is_some_and(|s| s != offset) {
+                    return Err(Error::UploadOutOfOrder { offset });
+                }
+                if let Some(l) = len {
+                    cap.check(offset.saturating_add(l))?;
+                }
+                let written = self
+                    .write_body(&lease.data, offset, &mut lease.hash, &cap, body)
+                    .await?;
+                if len.is_some_and(|l| l != written) {
+                    return Err(Error::SizeInvalid(format!(
+                        "chunk was {written} bytes, not the {} announced",
+                        len.unwrap_or(0)
+                    )));
+                }
+                let new = offset + written;
+                let state = save_hash(&lease.hash);
+                let advance = UploadAdvance {
+                    from: offset,
+                    to: new,
+                    hash_state: &state,
+                    data_id: &lease.data,
+                    release: true,
+                };
+                if !self.meta.upload_advance(id, &token, &advance).await? {
+                    return Err(lost_lease());
+                }
+                Ok(new)
+            })
+            .await;
+        match appended {
+            Ok(offset) => Ok(UploadState {
+                id: id.to_string(),
+                offset,
+            }),
+            Err(e) => {
+                self.release_lease(id, &token).await;
+                Err(e)
+            }
         }
-        let new = offset + written;
-        if !self.meta.upload_advance(id, offset, new).await? {
-            // A concurrent request on the same session moved it: this chunk does not count.
-            let offset = self.session(repo, id).await?;
-            return Err(Error::UploadOutOfOrder { offset });
-        }
-        self.keep_hasher(id, new, hasher);
-        Ok(UploadState {
-            id: id.to_string(),
-            offset: new,
-        })
     }
 
-    /// Stream `body` into upload data at `offset`, hashing it; returns the bytes written.
-    async fn write_body<S, E>(&self, id: &str, offset: u64, hasher: &mut Sha256, mut body: S) -> Result<u64>
+    /// Stream `body` into upload data `data` at `offset`, hashing it; returns the bytes
+    /// written. Whatever happens, no write to the data is still in flight when this returns
+    /// (the next lease holder may truncate and rewrite it).
+    async fn write_body<S, E>(
+        &self,
+        data: &str,
+        offset: u64,
+        hasher: &mut Sha256,
+        cap: &Cap,
+        mut body: S,
+    ) -> Result<u64>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let mut writer = self.blobs.upload_writer(id, offset).await?;
+        let mut writer = self.blobs.upload_writer(data, offset).await?;
         let mut written = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| Error::Body(format!("reading request body: {e}")))?;
+        let streamed: Result<()> = loop {
+            let Some(chunk) = body.next().await else { break Ok(()) };
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => break Err(Error::Body(format!("reading request body: {e}"))),
+            };
             if chunk.is_empty() {
                 continue;
             }
-            hasher.update(&chunk);
             written += chunk.len() as u64;
-            writer.write(chunk).await?;
-        }
-        writer.finish().await?;
+            if let Err(e) = cap.check(offset.saturating_add(written)) {
+                break Err(e);
+            }
+            hasher.update(&chunk);
+            if let Err(e) = writer.write(chunk).await {
+                break Err(e.into());
+            }
+        };
+        let finished = writer.finish().await;
+        streamed?;
+        finished?;
         Ok(written)
     }
 
-    /// Close upload `id` with its last chunk (possibly empty) and check it against `digest`.
-    pub async fn finish_upload<S, E>(&self, repo: &RepoName, id: &str, digest: &Digest, body: Option<S>) -> Result<()>
+    /// Close upload `id` with its last chunk (possibly empty; `len` bytes when announced) and
+    /// check it against `digest`.
+    pub async fn finish_upload<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        len: Option<u64>,
+        body: Option<S>,
+    ) -> Result<()>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let mut offset = self.session(repo, id).await?;
-        let mut hasher = self.hasher_at(id, offset).await?;
-        if let Some(body) = body {
-            offset += self.write_body(id, offset, &mut hasher, body).await?;
+        let cap = self.push_cap(repo, Some(digest)).await?;
+        let mut lease = self.lease_session(repo, id).await?;
+        let token = lease.token.clone();
+        let finished = self
+            .leased(id, &token, async {
+                let mut size = lease.size;
+                cap.check(size.saturating_add(len.unwrap_or(0)))?;
+                if let Some(body) = body {
+                    size += self.write_body(&lease.data, size, &mut lease.hash, &cap, body).await?;
+                }
+                let actual = Digest::sha256_of_hex(&hex::encode(lease.hash.clone().finalize()));
+                if &actual != digest {
+                    self.meta.upload_delete(id).await?;
+                    self.drop_upload_data(&lease.data).await;
+                    return Err(Error::DigestInvalid(format!(
+                        "content has digest {actual}, not {digest}"
+                    )));
+                }
+                self.commit_blob(repo, &lease.data, digest, size, Some((id, &token)))
+                    .await
+            })
+            .await;
+        if finished.is_err() {
+            self.release_lease(id, &token).await;
         }
-        let actual = Digest::sha256_of_hex(&hex::encode(hasher.finalize()));
-        if &actual != digest {
-            self.cancel_upload_data(id).await?;
-            return Err(Error::DigestInvalid(format!(
-                "content has digest {actual}, not {digest}"
-            )));
-        }
-        self.commit_blob(repo, id, digest, offset, true).await
+        finished
     }
 
-    /// Make verified upload data the blob `digest`, readable in `repo`; `session` says whether
-    /// an upload session record is to be closed too.
+    /// Make verified upload data `data` the blob `digest`, readable in `repo`; `session`
+    /// names the upload session (and the lease held on it) to close in the same step.
     ///
     /// The order makes a concurrent garbage collection harmless: place the bytes (the store
     /// keeps the upload data when the blob is already there), record the metadata, then check
     /// the bytes are still in place (a collector may have just removed an unreferenced copy)
     /// and place them again if not; only then drop the upload data.
-    async fn commit_blob(&self, repo: &RepoName, id: &str, digest: &Digest, size: u64, session: bool) -> Result<()> {
+    async fn commit_blob(
+        &self,
+        repo: &RepoName,
+        data: &str,
+        digest: &Digest,
+        size: u64,
+        session: Option<(&str, &str)>,
+    ) -> Result<()> {
         self.check_quota(repo, digest, size).await?;
-        self.blobs.upload_commit(id, digest).await?;
-        if session {
-            self.meta
-                .upload_complete(id, repo.as_str(), digest.as_str(), size)
-                .await?;
-        } else {
-            self.meta.link_blob(repo.as_str(), digest.as_str(), size).await?;
+        self.blobs.upload_commit(data, digest).await?;
+        match session {
+            Some((id, token)) => {
+                if !self
+                    .meta
+                    .upload_complete(id, token, repo.as_str(), digest.as_str(), size)
+                    .await?
+                {
+                    return Err(lost_lease());
+                }
+            }
+            None => self.meta.link_blob(repo.as_str(), digest.as_str(), size).await?,
         }
         if self.blobs.stat(digest).await?.is_none() {
             // A collection removed an unreferenced copy meanwhile. When this upload's own data
             // was the copy placed, nothing is left to place again: the client pushes anew.
-            if self.blobs.upload_size(id).await?.is_none() {
+            if self.blobs.upload_size(data).await?.is_none() {
                 return Err(Error::BlobUploadInvalid(format!(
                     "{digest} was garbage-collected while it was being committed; push it again"
                 )));
             }
-            self.blobs.upload_commit(id, digest).await?;
+            self.blobs.upload_commit(data, digest).await?;
         }
-        self.blobs.upload_abort(id).await?;
+        self.blobs.upload_abort(data).await?;
         Ok(())
     }
 
@@ -309,18 +640,30 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
+        self.put_blob_sized(repo, digest, None, body).await
+    }
+
+    /// Push a whole blob whose length the client announced (`Content-Length`): one over the
+    /// cap is refused before a byte is stored.
+    pub async fn put_blob_sized<S, E>(&self, repo: &RepoName, digest: &Digest, len: Option<u64>, body: S) -> Result<()>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let cap = self.push_cap(repo, Some(digest)).await?;
+        cap.check(len.unwrap_or(0))?;
         let id = uuid::Uuid::new_v4().to_string();
         self.blobs.upload_create(&id).await?;
         let mut hasher = Sha256::new();
         let result: Result<()> = async {
-            let size = self.write_body(&id, 0, &mut hasher, body).await?;
+            let size = self.write_body(&id, 0, &mut hasher, &cap, body).await?;
             let actual = Digest::sha256_of_hex(&hex::encode(hasher.finalize()));
             if &actual != digest {
                 return Err(Error::DigestInvalid(format!(
                     "content has digest {actual}, not {digest}"
                 )));
             }
-            self.commit_blob(repo, &id, digest, size, false).await
+            self.commit_blob(repo, &id, digest, size, None).await
         }
         .await;
         if result.is_err() {
@@ -340,6 +683,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
+        self.ensure_room().await?;
         let id = uuid::Uuid::new_v4().to_string();
         self.blobs.upload_create(&id).await?;
         let staged = async {
@@ -356,8 +700,11 @@ impl Registry {
                         .await
                         .map_err(|_| Error::Body("content inspection stopped early".into()))?;
                 }
-                hasher.update(&chunk);
                 size += chunk.len() as u64;
+                if size > self.blob_limit() {
+                    return Err(too_large(self.blob_limit()));
+                }
+                hasher.update(&chunk);
                 writer.write(chunk).await?;
             }
             writer.finish().await?;
@@ -384,7 +731,7 @@ impl Registry {
     /// Make staged data the blob it hashed to, readable in `repo` (quota checked).
     pub async fn commit_staged(&self, repo: &RepoName, staged: &StagedBlob) -> Result<()> {
         let done = self
-            .commit_blob(repo, &staged.id, &staged.digest, staged.size, false)
+            .commit_blob(repo, &staged.id, &staged.digest, staged.size, None)
             .await;
         if done.is_err() {
             self.discard_staged(staged).await;
@@ -392,19 +739,16 @@ impl Registry {
         done
     }
 
-    /// Make upload session `id` (already verified to hash to `digest`) the blob `digest` and
-    /// close the session.
-    pub(crate) async fn commit_session(&self, repo: &RepoName, id: &str, digest: &Digest, size: u64) -> Result<()> {
-        if let Ok(mut m) = self.hashers.lock() {
-            m.remove(id);
-        }
-        self.commit_blob(repo, id, digest, size, true).await
+    /// Make the session `lease` holds (already verified to hash to `digest`) the blob
+    /// `digest` and close the session.
+    pub(crate) async fn commit_leased(&self, repo: &RepoName, lease: &SessionLease, digest: &Digest) -> Result<()> {
+        self.commit_blob(repo, &lease.data, digest, lease.size, Some((&lease.id, &lease.token)))
+            .await
     }
 
-    /// The bytes of upload session `id` so far.
-    pub(crate) async fn session_bytes(&self, repo: &RepoName, id: &str) -> Result<(u64, crate::storage::ByteStream)> {
-        let size = self.session(repo, id).await?;
-        Ok((size, self.blobs.upload_read(id, size).await?))
+    /// The acknowledged bytes of the session `lease` holds.
+    pub(crate) async fn leased_bytes(&self, lease: &SessionLease) -> Result<crate::storage::ByteStream> {
+        Ok(self.blobs.upload_read(&lease.data, lease.size).await?)
     }
 
     pub async fn discard_staged(&self, staged: &StagedBlob) {
@@ -414,16 +758,15 @@ impl Registry {
     }
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
-        self.session(repo, id).await?;
-        self.cancel_upload_data(id).await
+        let rec = self.session_record(repo, id).await?;
+        self.cancel_upload_data(&rec).await
     }
 
-    async fn cancel_upload_data(&self, id: &str) -> Result<()> {
-        if let Ok(mut m) = self.hashers.lock() {
-            m.remove(id);
-        }
-        self.meta.upload_delete(id).await?;
-        self.blobs.upload_abort(id).await?;
+    /// Forget session `rec` and remove its data. A writer still streaming into it loses its
+    /// lease with the row and fails.
+    async fn cancel_upload_data(&self, rec: &UploadRecord) -> Result<()> {
+        self.meta.upload_delete(&rec.id).await?;
+        self.blobs.upload_abort(rec.data()).await?;
         Ok(())
     }
 
@@ -432,7 +775,9 @@ impl Registry {
         let cutoff = crate::storage::now_ms() - (self.config.upload_expiry_secs as i64).saturating_mul(1000);
         let ids = self.meta.uploads_idle_since(cutoff).await?;
         for id in &ids {
-            self.cancel_upload_data(id).await?;
+            if let Some(rec) = self.meta.upload_get(id).await? {
+                self.cancel_upload_data(&rec).await?;
+            }
         }
         Ok(ids.len())
     }

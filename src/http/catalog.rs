@@ -570,12 +570,14 @@ pub async fn upload_image(State(state): State<AppState>, parts: Parts, body: Bod
         source: "upload",
         package: None,
     };
+    admit_upload(&state, &c, &parts, content_type.starts_with("multipart/form-data"))?;
     let entry = if content_type.starts_with("multipart/form-data") {
         let req = axum::http::Request::from_parts(parts.clone(), body);
         let mut form = <Multipart as axum::extract::FromRequest<()>>::from_request(req, &())
             .await
             .map_err(|e| Problem(Error::BadRequest(e.body_text())))?;
         let mut meta = upload_meta(&parts)?;
+        let mut fields = 0usize;
         loop {
             let field = form
                 .next_field()
@@ -594,10 +596,14 @@ pub async fn upload_image(State(state): State<AppState>, parts: Parts, body: Bod
                     .ingest_vm_image(&c.principal, &meta, Box::pin(stream), origin)
                     .await;
             }
-            let text = field
-                .text()
-                .await
-                .map_err(|e| Problem(Error::BadRequest(format!("multipart field {name:?}: {e}"))))?;
+            fields += 1;
+            if fields > state.catalog.max_fields {
+                return Err(Problem(Error::TooLarge(format!(
+                    "more than {} metadata fields (catalog.max_fields)",
+                    state.catalog.max_fields
+                ))));
+            }
+            let text = field_text(field, &name, state.catalog.max_field_bytes).await?;
             set_meta(&mut meta, &name, text)?;
         }
     } else if content_type.starts_with("application/octet-stream") || content_type.is_empty() {
@@ -630,6 +636,53 @@ pub async fn upload_image(State(state): State<AppState>, parts: Parts, body: Bod
     )
     .await;
     Ok(created(entry))
+}
+
+/// What can be decided before a byte of an upload's body is read: an anonymous caller (who
+/// may push nowhere) gets 401, and a body whose Content-Length exceeds what could be stored
+/// gets 413.
+fn admit_upload(state: &AppState, c: &Caller, parts: &Parts, multipart: bool) -> Result<(), Problem> {
+    if state.auth.enabled() && matches!(c.principal, crate::auth::Principal::Anonymous) {
+        return Err(Problem(Error::Unauthorized("authentication required to upload".into())));
+    }
+    let max = match state.config.max_blob_bytes {
+        0 => u64::MAX,
+        n => n,
+    };
+    let overhead = if multipart {
+        (state.catalog.max_fields as u64 + 2).saturating_mul(state.catalog.max_field_bytes as u64 + 1024)
+    } else {
+        0
+    };
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if length.is_some_and(|l| l > max.saturating_add(overhead)) {
+        return Err(Problem(Error::TooLarge(format!(
+            "an image may have at most {max} bytes (registry.max_blob_bytes)"
+        ))));
+    }
+    Ok(())
+}
+
+/// A multipart metadata field as text, refused (413) once it passes `cap` bytes.
+async fn field_text(mut field: axum::extract::multipart::Field<'_>, name: &str, cap: usize) -> Result<String, Problem> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| Problem(Error::BadRequest(format!("multipart field {name:?}: {e}"))))?
+    {
+        if buf.len() + chunk.len() > cap {
+            return Err(Problem(Error::TooLarge(format!(
+                "multipart field {name:?} is larger than {cap} bytes (catalog.max_field_bytes)"
+            ))));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf).map_err(|_| Problem(Error::BadRequest(format!("multipart field {name:?} is not UTF-8"))))
 }
 
 /// 201 with the new entry and its Location.
@@ -668,6 +721,7 @@ async fn audit_refusal(state: &AppState, c: &Caller, action: &str, e: &Error) {
 )]
 pub async fn upload_package(State(state): State<AppState>, parts: Parts, body: Body) -> Result<Response, Problem> {
     let c = caller(&state, &parts).await?;
+    admit_upload(&state, &c, &parts, false)?;
     let params = crate::core::package::PackageParams::from_pairs(query_pairs(parts.uri.query()))?;
     let entry = match state
         .onboard_package(&c.principal, &params, body.into_data_stream())

@@ -5,6 +5,7 @@ pub mod api;
 pub mod catalog;
 pub mod openapi;
 pub mod registry;
+pub mod serve;
 pub mod token;
 
 use std::sync::Arc;
@@ -74,5 +75,22 @@ async fn readyz(State(reg): State<AppState>) -> impl IntoResponse {
         Ok(()) => "ok".to_string(),
         Err(e) => e.to_string(),
     };
-    (status, Json(json!({ "metadata": show(meta), "blobs": show(blobs) })))
+    // Short of space: still ready (reads are served), but pushes are refused.
+    let free = reg.blobs.free_space().await.ok().flatten();
+    let low = free.is_some_and(|f| f < reg.config.min_free_bytes);
+    let overall = match (status == StatusCode::OK, low) {
+        (false, _) => "unavailable",
+        (true, true) => "degraded",
+        (true, false) => "ok",
+    };
+    (
+        status,
+        Json(json!({
+            "status": overall,
+            "metadata": show(meta),
+            "blobs": show(blobs),
+            "blobs_free_bytes": free,
+            "min_free_bytes": reg.config.min_free_bytes,
+        })),
+    )
 }

@@ -159,11 +159,11 @@ pub async fn dispatch(State(reg): State<AppState>, req: axum::extract::Request) 
         audit_request(&reg, &method, &uri, summary, actor, remote).await;
     }
     let mut resp = result.unwrap_or_else(|e| {
-        // A token that lacks a grant is answered 403 with a new challenge, so clients that
-        // cache tokens (oras-py) fetch one with the scope this request needs.
-        let bearer = header_str(&headers, header::AUTHORIZATION)
-            .is_some_and(|a| a.len() > 7 && a[..7].eq_ignore_ascii_case("bearer "));
-        let unauthorized = matches!(e, Error::Unauthorized(_)) || (bearer && matches!(e, Error::Denied(_)));
+        // 401 carries a challenge: where to get a token and for what scope; a token that lacks
+        // a grant its account holds is told `insufficient_scope`, so the client fetches a
+        // wider one (Docker's token protocol). A right the account lacks is 403 DENIED.
+        let insufficient = matches!(e, Error::InsufficientScope(_));
+        let unauthorized = insufficient || matches!(e, Error::Unauthorized(_));
         let mut resp = e.into_response();
         if may_have_body {
             // The request body may be unread: say the connection ends here, so the client
@@ -172,7 +172,7 @@ pub async fn dispatch(State(reg): State<AppState>, req: axum::extract::Request) 
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if unauthorized && reg.auth.enabled() {
-            if let Ok(v) = HeaderValue::from_str(&challenge(&reg.auth, &headers, &method, uri.path())) {
+            if let Ok(v) = HeaderValue::from_str(&challenge(&reg.auth, &headers, &method, &uri, insufficient)) {
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }
         }
@@ -198,8 +198,10 @@ fn requirement<'a>(route: &Route<'a>, method: &Method) -> (Option<&'a str>, Acti
     }
 }
 
-/// The `WWW-Authenticate` challenge of a 401: where to get a token, and for what scope.
-fn challenge(auth: &crate::auth::Auth, headers: &HeaderMap, method: &Method, path: &str) -> String {
+/// The `WWW-Authenticate` challenge of a 401: where to get a token, and for what scope (a
+/// cross-repository mount needs pull on its source too), and whether the token presented
+/// lacked it.
+fn challenge(auth: &crate::auth::Auth, headers: &HeaderMap, method: &Method, uri: &Uri, insufficient: bool) -> String {
     let realm = match &auth.realm {
         Some(r) => r.clone(),
         None => {
@@ -210,20 +212,39 @@ fn challenge(auth: &crate::auth::Auth, headers: &HeaderMap, method: &Method, pat
         }
     };
     let mut c = format!("Bearer realm=\"{realm}\",service=\"{}\"", crate::auth::SERVICE);
-    match route(path) {
-        Some(Route::Catalog) => c.push_str(",scope=\"registry:catalog:*\""),
+    let mut scopes: Vec<String> = Vec::new();
+    match route(uri.path()) {
+        Some(Route::Catalog) => scopes.push("registry:catalog:*".into()),
         Some(r) => {
             if let (Some(name), action) = requirement(&r, method) {
                 if let Ok(repo) = RepoName::parse(name) {
+                    // Reads ask for push too: the token service grants only what the account
+                    // holds, and a client that keeps one token per repository and follows the
+                    // challenge verbatim (oras-py re-authenticates on 403 only) can then push
+                    // with the token it got for its first read.
                     let actions = match action {
-                        Action::Push => "pull,push",
+                        Action::Push | Action::Pull => "pull,push",
                         other => other.as_str(),
                     };
-                    c.push_str(&format!(",scope=\"repository:{repo}:{actions}\""));
+                    scopes.push(format!("repository:{repo}:{actions}"));
+                }
+            }
+            if matches!(r, Route::UploadStart(_)) {
+                let q = Query::parse(uri);
+                if q.get("mount").is_some() {
+                    if let Some(from) = q.get("from").and_then(|f| RepoName::parse(f).ok()) {
+                        scopes.push(format!("repository:{from}:pull"));
+                    }
                 }
             }
         }
         None => {}
+    }
+    if !scopes.is_empty() {
+        c.push_str(&format!(",scope=\"{}\"", scopes.join(" ")));
+    }
+    if insufficient {
+        c.push_str(",error=\"insufficient_scope\"");
     }
     c
 }
@@ -427,14 +448,13 @@ async fn handle(
                 let digest = Digest::parse(mount)?;
                 let mut from = q.get("from").map(RepoName::parse).transpose()?;
                 // Mounting reads the source: without pull there, it is an ordinary upload.
+                // A token that lacks pull there while its account has it asks for a wider token
+                // (the challenge names both scopes), so that the mount happens.
                 if let Some(f) = &from {
-                    if reg
-                        .auth
-                        .authorize_repo(&*reg.meta, &id, Some(f), Action::Pull)
-                        .await
-                        .is_err()
-                    {
-                        from = None;
+                    match reg.auth.authorize_repo(&*reg.meta, &id, Some(f), Action::Pull).await {
+                        Ok(()) => {}
+                        Err(e @ Error::InsufficientScope(_)) => return Err(e),
+                        Err(_) => from = None,
                     }
                 }
                 return Ok(match reg.mount_blob(&repo, &digest, from.as_ref()).await? {
@@ -444,7 +464,8 @@ async fn handle(
             }
             if let Some(digest) = q.get("digest") {
                 let digest = Digest::parse(digest)?;
-                reg.put_blob(&repo, &digest, body.into_data_stream()).await?;
+                reg.put_blob_sized(&repo, &digest, content_length(headers), body.into_data_stream())
+                    .await?;
                 return Ok(blob_created(&repo, &digest));
             }
             let state = reg.start_upload(&repo).await?;
@@ -473,6 +494,7 @@ async fn handle(
                             )));
                         }
                     }
+                    let len = len.or(content_length(headers));
                     let state = reg
                         .append_upload(&repo, &id, start, len, body.into_data_stream())
                         .await?;
@@ -483,9 +505,10 @@ async fn handle(
                         q.get("digest")
                             .ok_or_else(|| Error::DigestInvalid("the digest parameter is required".into()))?,
                     )?;
-                    let has_body = content_length(headers).is_none_or(|l| l > 0);
+                    let len = content_length(headers);
+                    let has_body = len.is_none_or(|l| l > 0);
                     let stream = has_body.then(|| body.into_data_stream());
-                    reg.finish_upload(&repo, &id, &digest, stream).await?;
+                    reg.finish_upload(&repo, &id, &digest, len, stream).await?;
                     Ok(blob_created(&repo, &digest))
                 }
                 Method::DELETE => {

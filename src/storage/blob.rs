@@ -55,6 +55,11 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Readiness: the backend answers.
     async fn check(&self) -> Result<(), StoreError>;
 
+    /// Bytes free for new blobs, where the backend can tell (a filesystem); `None` otherwise.
+    async fn free_space(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     /// A URL where clients may fetch blob `digest` themselves (a presigned URL), when the
     /// backend and its configuration offer one; `None` means the bytes are served by us.
     async fn redirect_url(&self, _digest: &Digest) -> Result<Option<String>, StoreError> {

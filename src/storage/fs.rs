@@ -219,7 +219,7 @@ impl BlobStore for FsBlobStore {
         Ok(Box::new(FsWriter {
             tx: Some(tx),
             pending: ChunkBatch::default(),
-            done: done_rx,
+            done: Some(done_rx),
         }))
     }
 
@@ -257,6 +257,25 @@ impl BlobStore for FsBlobStore {
     async fn upload_abort(&self, id: &str) -> Result<(), StoreError> {
         let path = self.upload_path(id)?;
         blocking(move || not_found_is_none(fs::remove_file(path)).map(|_| ())).await
+    }
+
+    async fn free_space(&self) -> Result<Option<u64>, StoreError> {
+        let root = self.root.join("blobs");
+        blocking(move || {
+            let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
+                .map_err(|_| io::Error::other("blob directory path holds a NUL byte"))?;
+            let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+            // SAFETY: `path` is a valid NUL-terminated string and `st` is written by statvfs
+            // before it is read, only when the call succeeds.
+            let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: statvfs returned 0, so it filled `st`.
+            let st = unsafe { st.assume_init() };
+            Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
+        })
+        .await
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -352,7 +371,8 @@ impl BlobStore for FsBlobStore {
 struct FsWriter {
     tx: Option<mpsc::Sender<Vec<Bytes>>>,
     pending: ChunkBatch,
-    done: oneshot::Receiver<io::Result<u64>>,
+    /// The writer thread's result; taken once awaited.
+    done: Option<oneshot::Receiver<io::Result<u64>>>,
 }
 
 impl FsWriter {
@@ -364,9 +384,12 @@ impl FsWriter {
         if tx.send(self.pending.take()).await.is_err() {
             // The writer thread stopped: its error is in `done`.
             self.tx = None;
-            return match (&mut self.done).await {
-                Ok(Err(e)) => Err(e.into()),
-                _ => Err(StoreError::Other("upload writer stopped".into())),
+            return match self.done.take() {
+                Some(done) => match done.await {
+                    Ok(Err(e)) => Err(e.into()),
+                    _ => Err(StoreError::Other("upload writer stopped".into())),
+                },
+                None => Err(StoreError::Other("upload writer stopped".into())),
             };
         }
         Ok(())
@@ -399,14 +422,18 @@ impl BlobWriter for FsWriter {
         Ok(())
     }
 
+    /// Also after a failed write: then it returns that the writer stopped, its thread done.
     async fn finish(mut self: Box<Self>) -> Result<u64, StoreError> {
-        if !self.pending.is_empty() {
+        if !self.pending.is_empty() && self.tx.is_some() {
             self.send_pending().await?;
         }
         self.tx = None;
-        match self.done.await {
-            Ok(res) => Ok(res?),
-            Err(_) => Err(StoreError::Other("upload writer vanished".into())),
+        match self.done.take() {
+            Some(done) => match done.await {
+                Ok(res) => Ok(res?),
+                Err(_) => Err(StoreError::Other("upload writer vanished".into())),
+            },
+            None => Err(StoreError::Other("upload writer stopped".into())),
         }
     }
 }

@@ -14,6 +14,34 @@ pub struct UploadRecord {
     pub size: u64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Token of the request holding the write lease, if any, and when that lease expires.
+    pub writer: Option<String>,
+    pub writer_until: i64,
+    /// Serialized running hash of the acknowledged bytes (`None` on sessions from before hash
+    /// states were kept, or not yet written to).
+    pub hash_state: Option<String>,
+    /// Upload data in the blob store, when it is not named by the session id.
+    pub data_id: Option<String>,
+}
+
+impl UploadRecord {
+    /// The id of the session's upload data in the blob store.
+    pub fn data(&self) -> &str {
+        self.data_id.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// What a writer that holds a session's lease records once its chunk is stored.
+#[derive(Debug, Clone)]
+pub struct UploadAdvance<'a> {
+    /// Acknowledged size before and after the chunk.
+    pub from: u64,
+    pub to: u64,
+    pub hash_state: &'a str,
+    /// The data the bytes now live in.
+    pub data_id: &'a str,
+    /// Give up the lease in the same update.
+    pub release: bool,
 }
 
 /// A manifest to record, already parsed and validated by the core.
@@ -71,10 +99,37 @@ pub trait MetadataStore: super::catalog::CatalogStore + Send + Sync + 'static {
 
     async fn upload_create(&self, id: &str, repo: &str) -> Result<(), StoreError>;
     async fn upload_get(&self, id: &str) -> Result<Option<UploadRecord>, StoreError>;
-    /// Move the acknowledged size from `from` to `to`; false when another request moved it first.
-    async fn upload_advance(&self, id: &str, from: u64, to: u64) -> Result<bool, StoreError>;
-    /// End an upload session by making its blob readable in its repository, atomically.
-    async fn upload_complete(&self, id: &str, repo: &str, digest: &str, size: u64) -> Result<(), StoreError>;
+    /// Take the write lease of session `id` for `token` until `until` (ms), provided the
+    /// session still has acknowledged size `size` and its lease is still held by `previous`
+    /// (`None`: free) and free or expired at `now`; false when another request got there first.
+    async fn upload_lock(
+        &self,
+        id: &str,
+        size: u64,
+        previous: Option<&str>,
+        token: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Extend the lease `token` holds to `until`; false when it no longer holds it.
+    async fn upload_renew(&self, id: &str, token: &str, until: i64) -> Result<bool, StoreError>;
+    /// Give the lease `token` holds up; nothing happens when it holds none.
+    async fn upload_release(&self, id: &str, token: &str) -> Result<(), StoreError>;
+    /// Record a stored chunk (and possibly release the lease), provided `token` still holds the
+    /// lease and the size is still `adv.from`; false otherwise (nothing changes then).
+    async fn upload_advance(&self, id: &str, token: &str, adv: &UploadAdvance<'_>) -> Result<bool, StoreError>;
+    /// End an upload session whose lease `token` holds by making its blob readable in its
+    /// repository, atomically; false (nothing changes) when the lease is no longer held.
+    async fn upload_complete(
+        &self,
+        id: &str,
+        token: &str,
+        repo: &str,
+        digest: &str,
+        size: u64,
+    ) -> Result<bool, StoreError>;
+    /// Whether upload data `data` belongs to an open session.
+    async fn upload_data_in_use(&self, data: &str) -> Result<bool, StoreError>;
     async fn upload_delete(&self, id: &str) -> Result<bool, StoreError>;
     /// Ids of sessions not touched since `before_ms`.
     async fn uploads_idle_since(&self, before_ms: i64) -> Result<Vec<String>, StoreError>;

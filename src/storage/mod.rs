@@ -25,10 +25,91 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("s3: {0}")]
-    S3(String),
+    #[error("s3: {message}")]
+    S3 { kind: StoreErrorKind, message: String },
     #[error("{0}")]
     Other(String),
+}
+
+/// What a storage failure means for the caller: retries, statuses and messages are decided
+/// by kind, never by matching message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The object or row is not there.
+    NotFound,
+    /// A concurrent change won (a conditional write's precondition failed).
+    Conflict,
+    /// Worth retrying: a timeout, a dropped connection, a deadlock, a throttled request.
+    Transient,
+    /// The disk, bucket or database has no room left.
+    Full,
+    Other,
+}
+
+impl StoreError {
+    /// An S3 failure of a known kind.
+    pub fn s3(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        StoreError::S3 {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn kind(&self) -> StoreErrorKind {
+        match self {
+            StoreError::Io(e) => io_kind(e),
+            StoreError::Db(e) => db_kind(e),
+            StoreError::Migrate(_) | StoreError::Other(_) => StoreErrorKind::Other,
+            StoreError::S3 { kind, .. } => *kind,
+        }
+    }
+
+    /// Whether it was the blob store (files, S3) rather than the database that failed.
+    pub fn is_blob_store(&self) -> bool {
+        matches!(self, StoreError::Io(_) | StoreError::S3 { .. })
+    }
+}
+
+fn io_kind(e: &std::io::Error) -> StoreErrorKind {
+    use std::io::ErrorKind as K;
+    if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+        return StoreErrorKind::Full;
+    }
+    match e.kind() {
+        K::NotFound => StoreErrorKind::NotFound,
+        K::StorageFull | K::QuotaExceeded => StoreErrorKind::Full,
+        K::TimedOut | K::Interrupted | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::WouldBlock => {
+            StoreErrorKind::Transient
+        }
+        _ => match e.get_ref().and_then(|inner| inner.downcast_ref::<std::io::Error>()) {
+            Some(inner) => io_kind(inner),
+            None => StoreErrorKind::Other,
+        },
+    }
+}
+
+fn db_kind(e: &sqlx::Error) -> StoreErrorKind {
+    match e {
+        sqlx::Error::RowNotFound => StoreErrorKind::NotFound,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => StoreErrorKind::Transient,
+        sqlx::Error::Io(io) => match io_kind(io) {
+            StoreErrorKind::Full => StoreErrorKind::Full,
+            _ => StoreErrorKind::Transient,
+        },
+        sqlx::Error::Database(d) => {
+            let code = d.code();
+            match code.as_deref().unwrap_or_default() {
+                // Serialization failure, deadlock (PostgreSQL; MariaDB 1213, lock wait 1205),
+                // SQLite busy/locked.
+                "40001" | "40P01" | "1213" | "1205" | "5" | "6" | "517" => StoreErrorKind::Transient,
+                // Disk full: PostgreSQL 53100, MariaDB 1021 / 1114, SQLite SQLITE_FULL.
+                "53100" | "1021" | "1114" | "13" => StoreErrorKind::Full,
+                "23505" | "1062" | "2067" | "1555" => StoreErrorKind::Conflict,
+                _ => StoreErrorKind::Other,
+            }
+        }
+        _ => StoreErrorKind::Other,
+    }
 }
 
 /// Milliseconds since the Unix epoch: the one time representation stored in metadata.

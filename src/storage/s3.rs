@@ -53,7 +53,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::blob::{BlobStore, BlobWriter, ByteRange, ByteStream};
-use super::StoreError;
+use super::{StoreError, StoreErrorKind};
 use crate::core::names::{Algorithm, Digest};
 
 const MIB: u64 = 1024 * 1024;
@@ -148,7 +148,8 @@ pub fn env_credentials() -> Result<Credentials, StoreError> {
             None,
             "environment",
         )),
-        _ => Err(StoreError::S3(
+        _ => Err(StoreError::s3(
+            StoreErrorKind::Other,
             "S3 credentials missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".to_string(),
         )),
     }
@@ -299,11 +300,22 @@ fn status<E>(err: &SdkError<E>) -> Option<u16> {
 }
 
 fn s3_error<E: std::error::Error + 'static>(what: &str, err: &SdkError<E>) -> StoreError {
-    StoreError::S3(format!("{what}: {}", DisplayErrorContext(err)))
+    let kind = match (err, status(err)) {
+        (_, Some(404)) => StoreErrorKind::NotFound,
+        (_, Some(409 | 412)) => StoreErrorKind::Conflict,
+        // MinIO and others answer 507 when their disks are full.
+        (_, Some(507)) => StoreErrorKind::Full,
+        (_, Some(429 | 500 | 502 | 503 | 504)) => StoreErrorKind::Transient,
+        (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_), _) => {
+            StoreErrorKind::Transient
+        }
+        _ => StoreErrorKind::Other,
+    };
+    StoreError::s3(kind, format!("{what}: {}", DisplayErrorContext(err)))
 }
 
 fn body_error(what: &str, err: impl std::fmt::Display) -> StoreError {
-    StoreError::S3(format!("{what}: {err}"))
+    StoreError::s3(StoreErrorKind::Transient, format!("{what}: {err}"))
 }
 
 /// `x-amz-copy-source` value for an object of `bucket`.
@@ -423,17 +435,17 @@ impl Inner {
             .map_err(|e| body_error("reading upload state", e))?
             .into_bytes();
         let state: UploadState = serde_json::from_slice(&bytes)
-            .map_err(|e| StoreError::S3(format!("upload state {key} is not valid: {e}")))?;
+            .map_err(|e| StoreError::s3(StoreErrorKind::Other, format!("upload state {key} is not valid: {e}")))?;
         state
             .validate()
-            .map_err(|e| StoreError::S3(format!("upload state {key} is not valid: {e}")))?;
+            .map_err(|e| StoreError::s3(StoreErrorKind::Other, format!("upload state {key} is not valid: {e}")))?;
         Ok(Some((state, etag)))
     }
 
     async fn require_state(&self, id: &str) -> Result<(UploadState, Option<String>), StoreError> {
         self.load_state(id)
             .await?
-            .ok_or_else(|| StoreError::S3(format!("no upload data for upload {id}")))
+            .ok_or_else(|| StoreError::s3(StoreErrorKind::Other, format!("no upload data for upload {id}")))
     }
 
     /// Store the upload's state; returns the new version's ETag.
@@ -459,10 +471,14 @@ impl Inner {
         };
         match req.send().await {
             Ok(out) => Ok(out.e_tag().map(str::to_owned)),
-            Err(e) if matches!(status(&e), Some(409 | 412)) => Err(StoreError::S3(format!(
-                "upload {id} was changed by another request at the same time"
-            ))),
-            Err(e) if status(&e) == Some(404) => Err(StoreError::S3(format!("upload {id} no longer exists"))),
+            Err(e) if matches!(status(&e), Some(409 | 412)) => Err(StoreError::s3(
+                StoreErrorKind::Conflict,
+                format!("upload {id} was changed by another request at the same time"),
+            )),
+            Err(e) if status(&e) == Some(404) => Err(StoreError::s3(
+                StoreErrorKind::NotFound,
+                format!("upload {id} no longer exists"),
+            )),
             Err(e) => Err(s3_error("writing upload state", &e)),
         }
     }
@@ -556,10 +572,13 @@ impl Inner {
         etag: Option<&str>,
     ) -> Result<(), StoreError> {
         if state.segments.len() > MAX_PARTS {
-            return Err(StoreError::S3(format!(
-                "upload {id} has {} segments, more than the {MAX_PARTS} parts S3 allows",
-                state.segments.len()
-            )));
+            return Err(StoreError::s3(
+                StoreErrorKind::Other,
+                format!(
+                    "upload {id} has {} segments, more than the {MAX_PARTS} parts S3 allows",
+                    state.segments.len()
+                ),
+            ));
         }
         let mut parts = Vec::with_capacity(state.segments.len());
         for seg in &state.segments {
@@ -622,7 +641,7 @@ impl Inner {
             .map_err(|e| s3_error(&format!("starting multipart upload of {key}"), &e))?;
         Ok(created
             .upload_id()
-            .ok_or_else(|| StoreError::S3("multipart upload without an id".into()))?
+            .ok_or_else(|| StoreError::s3(StoreErrorKind::Other, "multipart upload without an id"))?
             .to_string())
     }
 
@@ -649,10 +668,9 @@ impl Inner {
                     .send()
                     .await
                     .map_err(|e| s3_error(&format!("copying {source} into {key}"), &e))?;
-                let etag = out
-                    .copy_part_result()
-                    .and_then(|r| r.e_tag())
-                    .ok_or_else(|| StoreError::S3(format!("part copy of {source} returned no ETag")))?;
+                let etag = out.copy_part_result().and_then(|r| r.e_tag()).ok_or_else(|| {
+                    StoreError::s3(StoreErrorKind::Other, format!("part copy of {source} returned no ETag"))
+                })?;
                 Ok::<_, StoreError>(CompletedPart::builder().part_number(number).e_tag(etag).build())
             })
             .buffered(PARALLEL_REQUESTS)
@@ -726,10 +744,10 @@ impl BlobStore for S3BlobStore {
     async fn upload_writer(&self, id: &str, offset: u64) -> Result<Box<dyn BlobWriter>, StoreError> {
         let (mut state, etag) = self.inner.require_state(id).await?;
         if state.size < offset {
-            return Err(StoreError::S3(format!(
-                "upload {id} holds {} bytes, fewer than its offset {offset}",
-                state.size
-            )));
+            return Err(StoreError::s3(
+                StoreErrorKind::Other,
+                format!("upload {id} holds {} bytes, fewer than its offset {offset}", state.size),
+            ));
         }
         let garbage = state.truncate(offset);
         let tail = match state.segments.last() {
@@ -752,10 +770,10 @@ impl BlobStore for S3BlobStore {
     async fn upload_read(&self, id: &str, len: u64) -> Result<ByteStream, StoreError> {
         let (state, _) = self.inner.require_state(id).await?;
         if state.size < len {
-            return Err(StoreError::S3(format!(
-                "upload {id} holds {} bytes, fewer than the {len} asked for",
-                state.size
-            )));
+            return Err(StoreError::s3(
+                StoreErrorKind::Other,
+                format!("upload {id} holds {} bytes, fewer than the {len} asked for", state.size),
+            ));
         }
         let mut plan = Vec::new();
         let mut left = len;
@@ -865,8 +883,8 @@ impl BlobStore for S3BlobStore {
         if !self.inner.redirect {
             return Ok(None);
         }
-        let config =
-            PresigningConfig::expires_in(PRESIGN_TTL).map_err(|e| StoreError::S3(format!("presigning: {e}")))?;
+        let config = PresigningConfig::expires_in(PRESIGN_TTL)
+            .map_err(|e| StoreError::s3(StoreErrorKind::Other, format!("presigning: {e}")))?;
         let req = self
             .inner
             .client
@@ -990,10 +1008,10 @@ impl S3Writer {
                 staged.len += chunk.len() as u64;
             }
             if staged.len != tail.len {
-                return Err(StoreError::S3(format!(
-                    "{key} returned {} bytes, not {}",
-                    staged.len, tail.len
-                )));
+                return Err(StoreError::s3(
+                    StoreErrorKind::Other,
+                    format!("{key} returned {} bytes, not {}", staged.len, tail.len),
+                ));
             }
             self.garbage.push(tail.name);
         }

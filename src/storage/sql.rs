@@ -13,7 +13,7 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use super::meta::{AuditFilter, AuditRecord, RobotRecord, UserRecord};
 use super::meta::{GcBlobLink, GcBlobRow, GcItem, GcManifest, GcOutcome, GcRef, GcRepository, GcSnapshot};
-use super::meta::{ManifestRecord, MetadataStore, NewManifest, PutOutcome, Referrer, UploadRecord};
+use super::meta::{ManifestRecord, MetadataStore, NewManifest, PutOutcome, Referrer, UploadAdvance, UploadRecord};
 use super::{now_ms, StoreError};
 
 mod catalog;
@@ -375,15 +375,26 @@ impl SqlStore {
         Ok(gone)
     }
 
-    async fn upload_complete_once(&self, id: &str, repo: &str, digest: &str, size: u64) -> Result<(), StoreError> {
+    async fn upload_complete_once(
+        &self,
+        id: &str,
+        token: &str,
+        repo: &str,
+        digest: &str,
+        size: u64,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(&self.q("DELETE FROM uploads WHERE id = ?"))
+        let gone = sqlx::query(&self.q("DELETE FROM uploads WHERE id = ? AND writer = ?"))
             .bind(id)
+            .bind(token)
             .execute(&mut *tx)
             .await?;
+        if gone.rows_affected() != 1 {
+            return Ok(false);
+        }
         self.link_blob_tx(&mut tx, repo, digest, size).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn manifest_put_once(&self, repo: &str, m: &NewManifest, tags: &[String]) -> Result<PutOutcome, StoreError> {
@@ -637,10 +648,14 @@ impl MetadataStore for SqlStore {
     }
 
     async fn upload_get(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
-        let row = sqlx::query(&self.q("SELECT id, repo, size, created_at, updated_at FROM uploads WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?;
+        // From the writing pool: a lease decision must see the latest row.
+        let row = sqlx::query(&self.q(
+            "SELECT id, repo, size, created_at, updated_at, writer, writer_until, hash_state, data_id \
+             FROM uploads WHERE id = ?",
+        ))
+        .bind(id)
+        .fetch_optional(&self.write)
+        .await?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(UploadRecord {
             id: row.try_get(0)?,
@@ -648,23 +663,117 @@ impl MetadataStore for SqlStore {
             size: row.try_get::<i64, _>(2)? as u64,
             created_at: row.try_get(3)?,
             updated_at: row.try_get(4)?,
+            writer: row.try_get(5)?,
+            writer_until: row.try_get(6)?,
+            hash_state: row.try_get(7)?,
+            data_id: row.try_get(8)?,
         }))
     }
 
-    async fn upload_advance(&self, id: &str, from: u64, to: u64) -> Result<bool, StoreError> {
-        let res = sqlx::query(&self.q("UPDATE uploads SET size = ?, updated_at = ? WHERE id = ? AND size = ?"))
-            .bind(to as i64)
+    async fn upload_lock(
+        &self,
+        id: &str,
+        size: u64,
+        previous: Option<&str>,
+        token: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let res = match previous {
+            None => {
+                sqlx::query(
+                    &self.q("UPDATE uploads SET writer = ?, writer_until = ?, updated_at = ? \
+                     WHERE id = ? AND size = ? AND writer IS NULL"),
+                )
+                .bind(token)
+                .bind(until)
+                .bind(now)
+                .bind(id)
+                .bind(size as i64)
+                .execute(&self.write)
+                .await?
+            }
+            Some(prev) => {
+                sqlx::query(
+                    &self.q("UPDATE uploads SET writer = ?, writer_until = ?, updated_at = ? \
+                     WHERE id = ? AND size = ? AND writer = ? AND writer_until < ?"),
+                )
+                .bind(token)
+                .bind(until)
+                .bind(now)
+                .bind(id)
+                .bind(size as i64)
+                .bind(prev)
+                .bind(now)
+                .execute(&self.write)
+                .await?
+            }
+        };
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn upload_renew(&self, id: &str, token: &str, until: i64) -> Result<bool, StoreError> {
+        let res =
+            sqlx::query(&self.q("UPDATE uploads SET writer_until = ?, updated_at = ? WHERE id = ? AND writer = ?"))
+                .bind(until)
+                .bind(now_ms())
+                .bind(id)
+                .bind(token)
+                .execute(&self.write)
+                .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn upload_release(&self, id: &str, token: &str) -> Result<(), StoreError> {
+        sqlx::query(&self.q("UPDATE uploads SET writer = NULL, writer_until = 0 WHERE id = ? AND writer = ?"))
+            .bind(id)
+            .bind(token)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn upload_advance(&self, id: &str, token: &str, adv: &UploadAdvance<'_>) -> Result<bool, StoreError> {
+        let data_id = (adv.data_id != id).then_some(adv.data_id);
+        let sql = if adv.release {
+            "UPDATE uploads SET size = ?, hash_state = ?, data_id = ?, updated_at = ?, writer = NULL, writer_until = 0 \
+             WHERE id = ? AND writer = ? AND size = ?"
+        } else {
+            "UPDATE uploads SET size = ?, hash_state = ?, data_id = ?, updated_at = ? \
+             WHERE id = ? AND writer = ? AND size = ?"
+        };
+        let res = sqlx::query(&self.q(sql))
+            .bind(adv.to as i64)
+            .bind(adv.hash_state)
+            .bind(data_id)
             .bind(now_ms())
             .bind(id)
-            .bind(from as i64)
+            .bind(token)
+            .bind(adv.from as i64)
             .execute(&self.write)
             .await?;
         Ok(res.rows_affected() == 1)
     }
 
-    async fn upload_complete(&self, id: &str, repo: &str, digest: &str, size: u64) -> Result<(), StoreError> {
-        self.retrying(|| Box::pin(self.upload_complete_once(id, repo, digest, size)))
+    async fn upload_complete(
+        &self,
+        id: &str,
+        token: &str,
+        repo: &str,
+        digest: &str,
+        size: u64,
+    ) -> Result<bool, StoreError> {
+        self.retrying(|| Box::pin(self.upload_complete_once(id, token, repo, digest, size)))
             .await
+    }
+
+    async fn upload_data_in_use(&self, data: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(&self.q("SELECT 1 FROM uploads WHERE id = ? OR data_id = ? LIMIT 1"))
+            .bind(data)
+            .bind(data)
+            .fetch_optional(&self.write)
+            .await?;
+        Ok(row.is_some())
     }
 
     async fn upload_delete(&self, id: &str) -> Result<bool, StoreError> {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import os
 import shutil
 import socket
@@ -132,7 +133,9 @@ def test_challenge_names_the_token_endpoint_and_scope(srv):
         f'Bearer realm="http://{srv.host}/token",service="image-manager"')
     r = requests.get(f"{srv.url}/v2/{NS}/app/manifests/v1")
     is_oci_error(r, 401, "UNAUTHORIZED")
-    assert r.headers["WWW-Authenticate"].endswith(f',scope="repository:{NS}/app:pull"')
+    # A read asks for push too (granted only where the account holds it), so a client that
+    # keeps the token of its first read can push with it.
+    assert r.headers["WWW-Authenticate"].endswith(f',scope="repository:{NS}/app:pull,push"')
     r = requests.post(f"{srv.url}/v2/{NS}/app/blobs/uploads/")
     assert r.headers["WWW-Authenticate"].endswith(f',scope="repository:{NS}/app:pull,push"')
     # The admin API answers problem+json.
@@ -157,7 +160,7 @@ def test_token_flow_get_and_post(srv):
     t = r.json()["token"]
     r = push_blob(srv, f"{NS}/app", b"nope", headers=bearer(t))
     is_oci_error(r, 403, "DENIED")
-    assert r.headers["WWW-Authenticate"].endswith(f',scope="repository:{NS}/app:pull,push"')
+    assert "WWW-Authenticate" not in r.headers, "a wider token would not help a reader"
 
 
 # role -> (pull, push, delete, quota admin) on namespace NS
@@ -190,7 +193,9 @@ def test_matrix_roles_actions_surfaces(srv, role, surface):
     else:
         t = token(srv, f"repository:{repo}:pull,push,delete", auth=creds(role))
         auth, headers = None, bearer(t)
-        refused = 403  # a valid token that lacks a grant: 403 DENIED with a new challenge
+        # The token lacks what the account lacks: 403 DENIED, or 401 for an anonymous token
+        # (logging in may help).
+        refused = 401 if role is None else 403
 
     r = requests.get(f"{srv.url}/v2/{repo}/manifests/seed", auth=auth, headers=headers)
     if can_pull:
@@ -243,7 +248,10 @@ def test_public_namespace_allows_anonymous_pull_only(srv):
     assert requests.get(f"{srv.url}/v2/{ns}/app/manifests/v1").status_code == 200
     anon = token(srv, f"repository:{ns}/app:pull,push")
     assert requests.get(f"{srv.url}/v2/{ns}/app/manifests/v1", headers=bearer(anon)).status_code == 200
-    is_oci_error(push_blob(srv, f"{ns}/app", b"x", headers=bearer(anon)), 403, "DENIED")
+    # An anonymous token that lacks push: 401 with a challenge (logging in may help).
+    r = push_blob(srv, f"{ns}/app", b"x", headers=bearer(anon))
+    is_oci_error(r, 401, "UNAUTHORIZED")
+    assert r.headers["WWW-Authenticate"].startswith("Bearer realm=")
     is_oci_error(push_blob(srv, f"{ns}/app", b"x", auth=("outsider", PASSWORD)), 403, "DENIED")
 
 
@@ -266,14 +274,79 @@ def test_tampered_and_unsigned_tokens_are_refused(srv):
 
 
 def test_token_for_one_repository_never_opens_another(srv):
-    t = token(srv, f"repository:{NS}/app:pull,push", auth=ADMIN)
-    is_oci_error(requests.get(f"{srv.url}/v2/other/app/manifests/v1", headers=bearer(t)), 403, "DENIED")
-    is_oci_error(requests.get(f"{srv.url}/v2/{NS}/app2/tags/list", headers=bearer(t)), 403, "DENIED")
-    is_oci_error(push_blob(srv, "other/app", b"y", headers=bearer(t)), 403, "DENIED")
-    # Mounting from a repository the token does not grant is an ordinary upload, not a mount.
+    writer = ("writer", PASSWORD)
+    t = token(srv, f"repository:{NS}/app:pull,push", auth=writer)
+    # Where the account has no right, a token does not help: 403 DENIED, no challenge.
+    for r in (requests.get(f"{srv.url}/v2/other/app/manifests/v1", headers=bearer(t)),
+              push_blob(srv, "other/app", b"y", headers=bearer(t))):
+        is_oci_error(r, 403, "DENIED")
+        assert "WWW-Authenticate" not in r.headers
+    # Where it has one the token lacks: 401 insufficient_scope, naming the scope to ask for.
+    r = requests.get(f"{srv.url}/v2/{NS}/app2/tags/list", headers=bearer(t))
+    is_oci_error(r, 401, "UNAUTHORIZED")
+    assert 'error="insufficient_scope"' in r.headers["WWW-Authenticate"]
+    assert f'scope="repository:{NS}/app2:pull,push"' in r.headers["WWW-Authenticate"]
+    # Mounting from a repository the account may not read is an ordinary upload, not a mount.
     cfg = requests.get(f"{srv.url}/v2/other/app/manifests/v1", auth=ADMIN).json()["config"]["digest"]
     r = requests.post(f"{srv.url}/v2/{NS}/app/blobs/uploads/?mount={cfg}&from=other/app", headers=bearer(t))
     assert r.status_code == 202
+
+
+def challenge_params(header: str) -> dict:
+    assert header.startswith("Bearer "), header
+    return dict(re.findall(r'(\w+)="([^"]*)"', header))
+
+
+def follow_challenge(srv, resp, auth) -> str:
+    """What a token-reusing client does on a 401: ask the realm for the challenge's scopes."""
+    params = challenge_params(resp.headers["WWW-Authenticate"])
+    r = requests.get(params["realm"], params=[("service", params["service"])] +
+                     [("scope", s) for s in params["scope"].split(" ")], auth=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["token"]
+
+
+def test_insufficient_scope_makes_a_token_reusing_client_fetch_a_wider_token(srv):
+    writer = ("writer", PASSWORD)
+    repo = f"{NS}/scope{uuid.uuid4().hex[:6]}"
+    t = token(srv, f"repository:{repo}:pull", auth=writer)
+    data = os.urandom(100)
+    r = push_blob(srv, repo, data, headers=bearer(t))
+    is_oci_error(r, 401, "UNAUTHORIZED")
+    params = challenge_params(r.headers["WWW-Authenticate"])
+    assert params["error"] == "insufficient_scope" and params["scope"] == f"repository:{repo}:pull,push"
+    wider = follow_challenge(srv, r, writer)
+    assert push_blob(srv, repo, data, headers=bearer(wider)).status_code == 201
+    # A reader asking the same gets a token without push, and then 403: no endless loop.
+    reader = ("reader", PASSWORD)
+    r = push_blob(srv, repo, data, headers=bearer(token(srv, f"repository:{repo}:pull", auth=reader)))
+    is_oci_error(r, 403, "DENIED")
+
+
+def test_authenticated_cross_repository_mount_mounts(srv):
+    writer = ("writer", PASSWORD)
+    src, dst = f"{NS}/msrc{uuid.uuid4().hex[:6]}", f"{NS}/mdst{uuid.uuid4().hex[:6]}"
+    data = os.urandom(300)
+    assert push_blob(srv, src, data, auth=writer).status_code == 201
+    url = f"{srv.url}/v2/{dst}/blobs/uploads/?mount={digest(data)}&from={src}"
+    r = requests.post(url)
+    is_oci_error(r, 401, "UNAUTHORIZED")
+    params = challenge_params(r.headers["WWW-Authenticate"])
+    assert params["scope"].split(" ") == [f"repository:{dst}:pull,push", f"repository:{src}:pull"]
+    t = follow_challenge(srv, r, writer)
+    r = requests.post(url, headers=bearer(t))
+    assert r.status_code == 201, r.text
+    assert r.headers["Docker-Content-Digest"] == digest(data)
+    # A token for the target alone: the account may read the source, so it is asked to widen.
+    dst2 = dst + "b"
+    narrow = token(srv, f"repository:{dst2}:pull,push", auth=writer)
+    url2 = f"{srv.url}/v2/{dst2}/blobs/uploads/?mount={digest(data)}&from={src}"
+    r = requests.post(url2, headers=bearer(narrow))
+    is_oci_error(r, 401, "UNAUTHORIZED")
+    params = challenge_params(r.headers["WWW-Authenticate"])
+    assert params["error"] == "insufficient_scope"
+    assert params["scope"].split(" ") == [f"repository:{dst2}:pull,push", f"repository:{src}:pull"]
+    assert requests.post(url2, headers=bearer(follow_challenge(srv, r, writer))).status_code == 201
 
 
 def test_path_tricks_in_scopes_and_names(srv):
