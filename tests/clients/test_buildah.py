@@ -154,6 +154,7 @@ def test_push_refused(builder, auth_server, who):
     _, _, proc = push(builder, auth_server, "docker", repo, tag, creds=creds, check=False)
     if who == "wrong-password":
         tools.refused(proc, "invalid username or password")
+        tools.refused(proc, "unable to retrieve auth token")  # refused by the token endpoint
         tools.assert_login_failed(auth_server, VICTIM[0])
     else:
         tools.refused(proc, {"anonymous": "403", "reader": "does not grant push"}[who])
