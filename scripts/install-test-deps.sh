@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suites need on a fresh machine of this kind (Debian, root):
-# skopeo, qemu-img (test disk images) and openssl (test certificates) from Debian, the Python
-# test packages from PyPI (moto's S3 server and schemathesis included).
+# skopeo, podman and buildah (tests/clients), qemu-img (test disk images) and openssl (test
+# certificates) from Debian, the Python test packages from PyPI (moto's S3 server and
+# schemathesis included), and the oras CLI (scripts/install-tools.sh).
+# The podman/buildah tests use vfs storage and chroot isolation, so as root they need nothing
+# beyond the packages' own dependencies (crun or runc, conmon, uidmap); run as another user,
+# podman and buildah also need a subordinate id range for that user in /etc/subuid and
+# /etc/subgid (checked below).
 # Idempotent and quick when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +23,14 @@ if ((${#need_apt[@]})); then
   echo "installing Debian packages: ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if (($(id -u) != 0)); then
+  me=$(id -un)
+  if ! grep -q "^$me:" /etc/subuid 2>/dev/null || ! grep -q "^$me:" /etc/subgid 2>/dev/null; then
+    echo "warning: $me has no range in /etc/subuid and /etc/subgid: rootless podman and buildah" \
+      "(tests/clients) will fail; add one, e.g. usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $me" >&2
+  fi
 fi
 
 # moto before 5.2.5 answers CompleteMultipartUpload with a root element S3 clients reject.

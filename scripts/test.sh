@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, checks formatting and lints, builds, then runs
 # the Rust tests (unit + integration: the oci-client crate, the S3 store against moto) and the
-# Python suites (spec-tests/ conformance, tests/clients/ skopeo + ORAS, tests/server/ lifecycle,
-# replicas, GC, quotas) against real server processes on each backend pair:
+# Python suites (spec-tests/ conformance, tests/clients/ skopeo, ORAS SDK and CLI, podman and
+# buildah, tests/server/ lifecycle, replicas, GC, quotas) against real server processes on each backend pair:
 #   SQLite + filesystem, PostgreSQL + S3, MariaDB + S3; tests/catalog/ covers the image catalog
 #   (VM image upload and inspection, VNF packages, search, the OpenAPI document with schemathesis).
 # Each server of the PostgreSQL/MariaDB runs gets its own database (created and dropped by the
