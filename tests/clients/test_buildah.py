@@ -138,7 +138,7 @@ def test_push_and_pull_with_token_auth(builder, auth_server, fmt, fresh_buildah,
 
     # Pull as the namespace's reader, into an empty storage; without credentials it is refused.
     puller = fresh_buildah(auth_server)
-    tools.refused(puller.pull(ref, check=False), "does not grant pull")
+    tools.refused(puller.pull(ref, check=False), "authentication required")
     assert puller.image_ids() == set()
     reader_auth = puller.sandbox.new_authfile("reader.json")
     puller.login(auth_server.host, *READER, authfile=reader_auth)
@@ -157,7 +157,7 @@ def test_push_refused(builder, auth_server, who):
         tools.refused(proc, "unable to retrieve auth token")  # refused by the token endpoint
         tools.assert_login_failed(auth_server, VICTIM[0])
     else:
-        tools.refused(proc, {"anonymous": "403", "reader": "does not grant push"}[who])
+        tools.refused(proc, {"anonymous": "authentication required", "reader": "may not push"}[who])
     assert tools.get_manifest(auth_server, repo, tag, auth=tools.ADMIN).status_code == 404
     assert tag not in tools.tags(auth_server, repo, auth=tools.ADMIN)
 

@@ -234,13 +234,13 @@ def test_credentials_through_the_token_flow(auth_server, tmp_path):
     # types, here both POST /blobs/uploads/ answered 403 DENIED; one upload at a time avoids it.
     refusal = reader("push", f"{srv.host}/{repo}:by-reader", "readme.txt", "--concurrency", "1", *creds,
                      cwd=work, check=False)
-    tools.refused(refusal, "does not grant push")
+    tools.refused(refusal, "may not push")
     assert "by-reader" not in tools.tags(srv, repo, auth=tools.ADMIN)
 
     # Without credentials nothing is readable.
     anonymous = Oras(tmp_path / "anonymous", srv)
-    tools.refused(anonymous("pull", ref, "--output", str(tmp_path / "anon-out"), check=False), "does not grant pull")
-    tools.refused(anonymous("discover", ref, check=False), "403")
+    tools.refused(anonymous("pull", ref, "--output", str(tmp_path / "anon-out"), check=False), "authentication required")
+    tools.refused(anonymous("discover", ref, check=False), "401", "unauthorized")
 
 
 @pytest.mark.parametrize("who", ["anonymous", "wrong-password"])
@@ -255,7 +255,7 @@ def test_push_refused(auth_server, who, tmp_path):
         tools.refused(proc, "invalid username or password")
         tools.assert_login_failed(srv, VICTIM[0])
     else:
-        tools.refused(proc, "403")
+        tools.refused(proc, "authentication required", "401", "unauthorized")
     assert tools.get_manifest(srv, repo, tag, auth=tools.ADMIN).status_code == 404
     assert tag not in tools.tags(srv, repo, auth=tools.ADMIN)
 

@@ -141,7 +141,7 @@ def test_push_and_pull_with_token_auth(builder, auth_server, fmt, fresh_podman, 
     # Pull as the namespace's reader, into an empty storage.
     puller = fresh_podman(auth_server)
     denied = puller.pull(ref, check=False)
-    tools.refused(denied, "does not grant pull")
+    tools.refused(denied, "authentication required")
     assert puller.image_ids() == set()
     puller.pull(ref, creds=f"{READER[0]}:{READER[1]}")
     assert_pulled(puller, ref, stored, builder.payload.image_paths(), tmp_path)
@@ -158,7 +158,7 @@ def test_push_refused(builder, auth_server, who):
         tools.refused(proc, "unable to retrieve auth token")  # refused by the token endpoint
         tools.assert_login_failed(auth_server, VICTIM[0])
     else:
-        tools.refused(proc, {"anonymous": "403", "reader": "does not grant push"}[who])
+        tools.refused(proc, {"anonymous": "authentication required", "reader": "may not push"}[who])
     assert tools.get_manifest(auth_server, repo, tag, auth=tools.ADMIN).status_code == 404
     assert tag not in tools.tags(auth_server, repo, auth=tools.ADMIN)
 
