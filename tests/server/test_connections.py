@@ -18,9 +18,12 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import requests
 
 import imserver
+
+pytestmark = pytest.mark.backend_independent
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_tls import make_cert  # noqa: E402

@@ -18,6 +18,8 @@ import requests
 
 import imserver
 
+pytestmark = pytest.mark.backend_independent
+
 digest = imserver.digest
 MIB = 1 << 20
 FLOOR = 4 * MIB

@@ -17,6 +17,8 @@ import requests
 
 import imserver
 
+pytestmark = pytest.mark.backend_independent
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients"))
 
 ADMIN = ("root", "root-password-1")
