@@ -192,6 +192,11 @@ async fn sweep_uploads(registry: Arc<Registry>) {
             Ok(n) => tracing::info!(count = n, "removed expired upload sessions"),
             Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
         }
+        match registry.sweep_orphaned_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "removed orphaned upload data"),
+            Err(e) => tracing::warn!(error = %e, "orphaned upload sweep failed"),
+        }
         match registry.expire_image_uploads().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "removed expired VM image upload sessions"),

@@ -781,4 +781,19 @@ impl Registry {
         }
         Ok(ids.len())
     }
+
+    /// Remove upload data that no session owns and that nobody wrote to for longer than the
+    /// configured expiry (a process died during a monolithic or staged upload, or a lease
+    /// takeover left the stalled writer's copy); returns how many.
+    pub async fn sweep_orphaned_uploads(&self) -> Result<usize> {
+        let cutoff = crate::storage::now_ms() - (self.config.upload_expiry_secs as i64).saturating_mul(1000);
+        let mut removed = 0;
+        for data in self.blobs.upload_list_stale(cutoff, 1000).await? {
+            if !self.meta.upload_data_in_use(&data).await? {
+                self.blobs.upload_abort(&data).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 }

@@ -51,6 +51,10 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<(), StoreError>;
     /// Drop upload data; absent data is not an error.
     async fn upload_abort(&self, id: &str) -> Result<(), StoreError>;
+    /// Ids of upload data last written before `before_ms` (ms since the epoch), at most
+    /// `limit` of them: the expiry sweep removes those no session owns (left by a process that
+    /// died during a monolithic or staged upload, which have no session row).
+    async fn upload_list_stale(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StoreError>;
 
     /// Readiness: the backend answers.
     async fn check(&self) -> Result<(), StoreError>;

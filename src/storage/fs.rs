@@ -259,6 +259,34 @@ impl BlobStore for FsBlobStore {
         blocking(move || not_found_is_none(fs::remove_file(path)).map(|_| ())).await
     }
 
+    async fn upload_list_stale(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let dir = self.root.join("uploads");
+        blocking(move || {
+            let before = std::time::UNIX_EPOCH + std::time::Duration::from_millis(before_ms.max(0) as u64);
+            let mut out = Vec::new();
+            for entry in fs::read_dir(dir)? {
+                let entry = entry?;
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if uuid::Uuid::parse_str(&name).is_err() {
+                    continue;
+                }
+                let Some(meta) = not_found_is_none(entry.metadata())? else {
+                    continue;
+                };
+                if meta.modified()? < before {
+                    out.push(name);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn free_space(&self) -> Result<Option<u64>, StoreError> {
         let root = self.root.join("blobs");
         blocking(move || {

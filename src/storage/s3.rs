@@ -505,6 +505,31 @@ impl Inner {
         }
     }
 
+    /// Keys under `prefix` with their last-modified times (ms since the epoch).
+    async fn list_modified(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| s3_error(&format!("listing {prefix}"), &e))?;
+            keys.extend(out.contents().iter().filter_map(|o| {
+                let modified = o.last_modified().and_then(|t| t.to_millis().ok()).unwrap_or(0);
+                o.key().map(|k| (k.to_owned(), modified))
+            }));
+            match (out.is_truncated(), out.next_continuation_token()) {
+                (Some(true), Some(next)) => token = Some(next.to_string()),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
     async fn delete_keys(&self, keys: Vec<String>) -> Result<(), StoreError> {
         futures::stream::iter(keys)
             .map(|key| async move {
@@ -938,6 +963,28 @@ impl BlobStore for S3BlobStore {
     async fn purge(&self, token: &str) -> Result<(), StoreError> {
         let trash_key = self.inner.trash_key(token)?;
         self.inner.delete_keys(vec![trash_key]).await
+    }
+
+    async fn upload_list_stale(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        // An upload's newest object says when it was last written.
+        let dir = self.inner.key("uploads/");
+        let mut newest: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+        for (key, modified) in self.inner.list_modified(&dir).await? {
+            let Some(id) = key.strip_prefix(&dir).and_then(|rest| rest.split('/').next()) else {
+                continue;
+            };
+            if uuid::Uuid::parse_str(id).is_err() {
+                continue;
+            }
+            let slot = newest.entry(id.to_string()).or_insert(modified);
+            *slot = (*slot).max(modified);
+        }
+        Ok(newest
+            .into_iter()
+            .filter(|(_, t)| *t < before_ms)
+            .map(|(id, _)| id)
+            .take(limit)
+            .collect())
     }
 
     async fn trashed(&self) -> Result<Vec<(Digest, String)>, StoreError> {

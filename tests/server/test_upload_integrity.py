@@ -212,3 +212,51 @@ def test_a_stalled_replica_loses_the_session_and_cannot_corrupt_it():
     finally:
         b.close()
         a.close()
+
+
+def upload_data_ids(srv: imserver.Server) -> set[str]:
+    """The upload data the server's blob store holds (filesystem or S3, as the matrix says)."""
+    storage = next((srv.extra[i + 1] for i, a in enumerate(srv.extra[:-1]) if a == "--storage"), None)
+    if storage is None:
+        return set(os.listdir(os.path.join(srv.data_dir, "uploads")))
+    import boto3
+    from urllib.parse import parse_qs
+    u = urlparse(storage)
+    q = parse_qs(u.query)
+    prefix = u.path.lstrip("/")
+    prefix = (prefix + "/" if prefix and not prefix.endswith("/") else prefix) + "uploads/"
+    s3 = boto3.client("s3", endpoint_url=q["endpoint"][0], region_name=q.get("region", ["us-east-1"])[0])
+    ids = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=u.netloc, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            ids.add(obj["Key"][len(prefix):].split("/")[0])
+    return ids
+
+
+def test_upload_data_left_by_a_killed_server_is_swept():
+    """A monolithic push has no session row: when the server dies mid-body its data is an
+    orphan, which the expiry sweep finds and removes; open sessions' data stays."""
+    env = {"IMAGE_MANAGER_REGISTRY__UPLOAD_EXPIRY_SECS": "2",
+           "IMAGE_MANAGER_REGISTRY__UPLOAD_SWEEP_INTERVAL_SECS": "1"}
+    srv = imserver.Server(env=env).start()
+    try:
+        repo = f"integ/{uuid.uuid4().hex[:10]}"
+        data = os.urandom(4 << 20)
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        sock.sendall((f"POST /v2/{repo}/blobs/uploads/?digest={digest(data)} HTTP/1.1\r\nHost: {srv.host}\r\n"
+                      f"Content-Length: {len(data) * 2}\r\nContent-Type: application/octet-stream\r\n\r\n").encode())
+        sock.sendall(data)
+        imserver.poll(lambda: len(upload_data_ids(srv)) == 1, what="the monolithic upload's data to appear")
+        orphan = upload_data_ids(srv)
+        srv.stop(signal.SIGKILL)
+        sock.close()
+        assert upload_data_ids(srv) == orphan, "the killed server's upload data should still be there"
+
+        srv.start()
+        imserver.poll(lambda: not (upload_data_ids(srv) & orphan), timeout=30,
+                      what="the orphaned upload data to be swept")
+        r = requests.post(f"{srv.url}/v2/{repo}/blobs/uploads/?digest={digest(data)}", data=data)
+        assert r.status_code == 201, r.text
+        assert_blob_intact(srv.url, repo, digest(data))
+    finally:
+        srv.close()
