@@ -244,7 +244,22 @@ pub struct Auth {
     keys: Option<Keys>,
     failures: Mutex<HashMap<String, (u32, Instant)>>,
     verified: RwLock<HashMap<String, Verified>>,
+    /// One login check at a time per name and address, so that parallel guesses each wait
+    /// for the failures before them (entries live while a check holds them).
+    attempts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Successful HTTP Basic checks, by a keyed hash of the credentials, for
+    /// [`BASIC_CACHE_TTL`]: an API client sending Basic on every request costs one password
+    /// hash per TTL, not one per request.
+    logins: RwLock<HashMap<[u8; 32], (Principal, Instant)>>,
+    /// Random per process: cached credential hashes are useless elsewhere.
+    login_key: [u8; 32],
 }
+
+/// How long a successful Basic check is reused; a disabled account or changed password takes
+/// effect after this long at most.
+const BASIC_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Cached Basic checks kept at most; when full, expired ones are dropped, then all.
+const BASIC_CACHE_CAPACITY: usize = 10_000;
 
 /// A token whose signature, issuer and audience were checked: its expiry is still checked on
 /// every use. A token that differs in any byte is a different key and is checked in full.
@@ -252,6 +267,13 @@ struct Verified {
     exp: u64,
     sub: String,
     access: Arc<Vec<Access>>,
+}
+
+fn random_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    k[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    k
 }
 
 /// Tokens kept in [`Auth::verified`]: when full, expired ones are dropped, then all.
@@ -272,6 +294,9 @@ impl Auth {
             keys: None,
             failures: Mutex::new(HashMap::new()),
             verified: RwLock::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
+            logins: RwLock::new(HashMap::new()),
+            login_key: random_key(),
         }
     }
 
@@ -309,6 +334,9 @@ impl Auth {
             }),
             failures: Mutex::new(HashMap::new()),
             verified: RwLock::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
+            logins: RwLock::new(HashMap::new()),
+            login_key: random_key(),
         })
     }
 
@@ -473,8 +501,79 @@ impl Auth {
         secret: &str,
         remote: Option<&str>,
     ) -> Result<Principal> {
+        let cache_key = self.credential_hash(name, secret);
+        if let Some(p) = self.cached_login(&cache_key) {
+            return Ok(p);
+        }
         let key = format!("{name}|{}", remote.unwrap_or(""));
-        let delay = self.failure_delay(&key);
+        let gate = self.attempt_gate(&key);
+        let result = {
+            let _turn = gate.lock().await;
+            self.login_checked(meta, name, secret, remote, &key).await
+        };
+        drop(gate);
+        self.forget_gate(&key);
+        let p = result?;
+        if let Ok(mut cache) = self.logins.write() {
+            if cache.len() >= BASIC_CACHE_CAPACITY {
+                cache.retain(|_, (_, at)| at.elapsed() < BASIC_CACHE_TTL);
+                if cache.len() >= BASIC_CACHE_CAPACITY {
+                    cache.clear();
+                }
+            }
+            cache.insert(cache_key, (p.clone(), Instant::now()));
+        }
+        Ok(p)
+    }
+
+    /// Forget cached logins (an account changed: disabled, deleted, new password).
+    pub fn forget_logins(&self) {
+        if let Ok(mut cache) = self.logins.write() {
+            cache.clear();
+        }
+    }
+
+    fn credential_hash(&self, name: &str, secret: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.login_key);
+        h.update(name.as_bytes());
+        h.update([0u8]);
+        h.update(secret.as_bytes());
+        h.finalize().into()
+    }
+
+    fn cached_login(&self, key: &[u8; 32]) -> Option<Principal> {
+        let cache = self.logins.read().ok()?;
+        let (p, at) = cache.get(key)?;
+        (at.elapsed() < BASIC_CACHE_TTL).then(|| p.clone())
+    }
+
+    fn attempt_gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        match self.attempts.lock() {
+            Ok(mut m) => m.entry(key.to_string()).or_default().clone(),
+            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Drop the gate of `key` once no check holds or waits for it.
+    fn forget_gate(&self, key: &str) {
+        if let Ok(mut m) = self.attempts.lock() {
+            if m.get(key).is_some_and(|g| Arc::strong_count(g) == 1) {
+                m.remove(key);
+            }
+        }
+    }
+
+    /// One login check, after the delay the earlier failures of `key` earned.
+    async fn login_checked(
+        &self,
+        meta: &dyn MetadataStore,
+        name: &str,
+        secret: &str,
+        remote: Option<&str>,
+        key: &str,
+    ) -> Result<Principal> {
+        let delay = self.failure_delay(key);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -482,12 +581,12 @@ impl Auth {
         match found {
             Some(p) => {
                 if let Ok(mut f) = self.failures.lock() {
-                    f.remove(&key);
+                    f.remove(key);
                 }
                 Ok(p)
             }
             None => {
-                let count = self.record_failure(&key);
+                let count = self.record_failure(key);
                 audit(
                     meta,
                     AuditRecord {

@@ -500,7 +500,10 @@ pub(super) async fn delete_user(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let c = system(&state, &parts).await?;
-    if !state.meta.user_delete(account(&name)?).await? {
+    let changed = state.meta.user_delete(account(&name)?).await?;
+    // Cached Basic checks of this account must not outlive the change.
+    state.auth.forget_logins();
+    if !changed {
         return Err(Problem(Error::NotFound));
     }
     c.audit(&state, "user.delete", &name, None, None).await;
@@ -524,7 +527,10 @@ pub(super) async fn disable_user(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let c = system(&state, &parts).await?;
-    if !state.meta.user_set_disabled(account(&name)?, true).await? {
+    let changed = state.meta.user_set_disabled(account(&name)?, true).await?;
+    // Cached Basic checks of this account must not outlive the change.
+    state.auth.forget_logins();
+    if !changed {
         return Err(Problem(Error::NotFound));
     }
     c.audit(&state, "user.disable", &name, None, None).await;
@@ -603,7 +609,10 @@ pub(super) async fn delete_robot(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let c = system(&state, &parts).await?;
-    if !state.meta.robot_delete(account(&name)?).await? {
+    let changed = state.meta.robot_delete(account(&name)?).await?;
+    // Cached Basic checks of this account must not outlive the change.
+    state.auth.forget_logins();
+    if !changed {
         return Err(Problem(Error::NotFound));
     }
     c.audit(&state, "robot.delete", &name, None, None).await;
@@ -627,7 +636,10 @@ pub(super) async fn disable_robot(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let c = system(&state, &parts).await?;
-    if !state.meta.robot_set_disabled(account(&name)?, true).await? {
+    let changed = state.meta.robot_set_disabled(account(&name)?, true).await?;
+    // Cached Basic checks of this account must not outlive the change.
+    state.auth.forget_logins();
+    if !changed {
         return Err(Problem(Error::NotFound));
     }
     c.audit(&state, "robot.disable", &name, None, None).await;

@@ -377,6 +377,33 @@ def test_wrong_password_is_refused_slowed_and_audited(srv):
     assert requests.get(f"{srv.url}/v2/", auth=("nobody", "x")).status_code == 401
 
 
+def test_parallel_guesses_wait_for_each_other(srv):
+    """Concurrent wrong passwords for one account from one address are checked one after
+    another, each after the delay the failures before it earned (lower bounds only)."""
+    from concurrent.futures import ThreadPoolExecutor
+    user = "victim" + uuid.uuid4().hex[:4]
+    assert api(srv, "POST", "/api/v1/admin/users", json={"name": user, "password": PASSWORD}).status_code == 201
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda i: requests.get(f"{srv.url}/v2/", auth=(user, f"guess{i}"), timeout=60).status_code,
+                              range(6)))
+    assert codes == [401] * 6
+    log = api(srv, "GET", "/api/v1/admin/audit", params={"actor": user}).json()
+    ms = sorted(e["at"] for e in log)  # ms since the epoch
+    assert len(ms) == 6
+    # 200 + 400 + 800 + 1600 + 3200 ms of delays between the first failure and the sixth.
+    assert ms[-1] - ms[0] >= 6000, f"failures came {ms[-1] - ms[0]:.0f} ms apart: parallel guesses skipped the delay"
+
+
+def test_cached_basic_login_ends_with_the_account(srv):
+    user = "cached" + uuid.uuid4().hex[:4]
+    assert api(srv, "POST", "/api/v1/admin/users", json={"name": user, "password": PASSWORD}).status_code == 201
+    for _ in range(3):
+        assert requests.get(f"{srv.url}/v2/", auth=(user, PASSWORD)).status_code == 200
+    assert requests.get(f"{srv.url}/v2/", auth=(user, PASSWORD + "x")).status_code == 401
+    assert api(srv, "POST", f"/api/v1/admin/users/{user}/disable").status_code in (200, 204)
+    is_oci_error(requests.get(f"{srv.url}/v2/", auth=(user, PASSWORD)), 401, "UNAUTHORIZED")
+
+
 def test_robots_are_limited_and_expire(srv):
     r = cli(srv, "robot", "add", "ci", "--namespace", NS, "--actions", "pull,push")
     assert r.returncode == 0, r.stderr
