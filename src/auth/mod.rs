@@ -27,6 +27,9 @@ use crate::storage::{now_ms, MetadataStore, StoreError};
 
 /// The `service` of tokens, challenges and the token endpoint; also the tokens' audience.
 pub const SERVICE: &str = "image-manager";
+/// The service (and `aud`) of tokens for the catalog and admin API under `/api/v1`: a registry
+/// token is not an API token, and back.
+pub const API_SERVICE: &str = "image-manager-api";
 /// The `iss` of tokens this server issues.
 pub const ISSUER: &str = "image-manager";
 /// Login names of robot accounts start with this.
@@ -247,16 +250,16 @@ pub struct Auth {
     /// One login check at a time per name and address, so that parallel guesses each wait
     /// for the failures before them (entries live while a check holds them).
     attempts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Successful HTTP Basic checks, by a keyed hash of the credentials, for
-    /// [`BASIC_CACHE_TTL`]: an API client sending Basic on every request costs one password
-    /// hash per TTL, not one per request.
-    logins: RwLock<HashMap<[u8; 32], (Principal, Instant)>>,
+    /// Successful password checks of users, by a keyed hash of the credentials, with the
+    /// stored password hash they matched, for [`BASIC_CACHE_TTL`]: a client sending Basic on
+    /// every request costs one argon2 per TTL plus one account read per request (which sees a
+    /// disabled account or a changed password at once).
+    logins: RwLock<HashMap<[u8; 32], (String, Instant)>>,
     /// Random per process: cached credential hashes are useless elsewhere.
     login_key: [u8; 32],
 }
 
-/// How long a successful Basic check is reused; a disabled account or changed password takes
-/// effect after this long at most.
+/// How long a successful password check is reused.
 const BASIC_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Cached Basic checks kept at most; when full, expired ones are dropped, then all.
 const BASIC_CACHE_CAPACITY: usize = 10_000;
@@ -265,6 +268,7 @@ const BASIC_CACHE_CAPACITY: usize = 10_000;
 /// every use. A token that differs in any byte is a different key and is checked in full.
 struct Verified {
     exp: u64,
+    aud: &'static str,
     sub: String,
     access: Arc<Vec<Access>>,
 }
@@ -502,8 +506,12 @@ impl Auth {
         remote: Option<&str>,
     ) -> Result<Principal> {
         let cache_key = self.credential_hash(name, secret);
-        if let Some(p) = self.cached_login(&cache_key) {
-            return Ok(p);
+        if let Some(matched) = self.cached_login(&cache_key) {
+            if let Some(u) = meta.user_get(name).await? {
+                if !u.disabled && u.password_hash == matched {
+                    return Ok(Principal::from_user(&u));
+                }
+            }
         }
         let key = format!("{name}|{}", remote.unwrap_or(""));
         let gate = self.attempt_gate(&key);
@@ -513,15 +521,15 @@ impl Auth {
         };
         drop(gate);
         self.forget_gate(&key);
-        let p = result?;
-        if let Ok(mut cache) = self.logins.write() {
+        let (p, matched) = result?;
+        if let (Some(matched), Ok(mut cache)) = (matched, self.logins.write()) {
             if cache.len() >= BASIC_CACHE_CAPACITY {
                 cache.retain(|_, (_, at)| at.elapsed() < BASIC_CACHE_TTL);
                 if cache.len() >= BASIC_CACHE_CAPACITY {
                     cache.clear();
                 }
             }
-            cache.insert(cache_key, (p.clone(), Instant::now()));
+            cache.insert(cache_key, (matched, Instant::now()));
         }
         Ok(p)
     }
@@ -542,10 +550,11 @@ impl Auth {
         h.finalize().into()
     }
 
-    fn cached_login(&self, key: &[u8; 32]) -> Option<Principal> {
+    /// The stored password hash a recent successful check of these credentials matched.
+    fn cached_login(&self, key: &[u8; 32]) -> Option<String> {
         let cache = self.logins.read().ok()?;
-        let (p, at) = cache.get(key)?;
-        (at.elapsed() < BASIC_CACHE_TTL).then(|| p.clone())
+        let (matched, at) = cache.get(key)?;
+        (at.elapsed() < BASIC_CACHE_TTL).then(|| matched.clone())
     }
 
     fn attempt_gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -572,7 +581,7 @@ impl Auth {
         secret: &str,
         remote: Option<&str>,
         key: &str,
-    ) -> Result<Principal> {
+    ) -> Result<(Principal, Option<String>)> {
         let delay = self.failure_delay(key);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -606,7 +615,14 @@ impl Auth {
         }
     }
 
-    async fn check_secret(&self, meta: &dyn MetadataStore, name: &str, secret: &str) -> Result<Option<Principal>> {
+    /// The account `name` and `secret` log in as, with the stored password hash the secret
+    /// matched (users; robots' secrets are cheap to check and not cached).
+    async fn check_secret(
+        &self,
+        meta: &dyn MetadataStore,
+        name: &str,
+        secret: &str,
+    ) -> Result<Option<(Principal, Option<String>)>> {
         if !is_account_name(name.strip_prefix(ROBOT_PREFIX).unwrap_or(name)) {
             return Ok(None);
         }
@@ -617,7 +633,7 @@ impl Auth {
             let ok = !r.disabled
                 && r.expires_at.is_none_or(|e| e > now_ms())
                 && same(r.secret_hash.as_bytes(), secret_hash(secret).as_bytes());
-            return Ok(ok.then(|| Principal::from_robot(&r)));
+            return Ok(ok.then(|| (Principal::from_robot(&r), None)));
         }
         let Some(u) = meta.user_get(name).await? else {
             return Ok(None);
@@ -634,7 +650,7 @@ impl Auth {
         })
         .await
         .unwrap_or(false);
-        Ok(ok.then(|| Principal::from_user(&u)))
+        Ok(ok.then(|| (Principal::from_user(&u), Some(u.password_hash.clone()))))
     }
 
     fn failure_delay(&self, key: &str) -> Duration {
@@ -691,7 +707,7 @@ impl Auth {
             return Ok(Identity { principal, token: None });
         }
         if scheme.eq_ignore_ascii_case("bearer") {
-            let (sub, access) = self.verify_cached(rest)?;
+            let (sub, access) = self.verify_cached(rest, SERVICE)?;
             return Ok(Identity {
                 principal: principal_of_sub(&sub),
                 token: Some(access),
@@ -754,14 +770,18 @@ impl Auth {
         Ok(out)
     }
 
-    /// A signed token for `p` carrying `access`.
+    /// A signed registry token for `p` carrying `access`.
     pub fn issue(&self, p: &Principal, access: Vec<Access>) -> Result<String> {
+        self.issue_with(p, access, SERVICE)
+    }
+
+    fn issue_with(&self, p: &Principal, access: Vec<Access>, aud: &str) -> Result<String> {
         let keys = self.keys.as_ref().ok_or(Error::NotFound)?;
         let now = (now_ms() / 1000).max(0) as u64;
         let claims = Claims {
             iss: ISSUER.into(),
             sub: p.actor(),
-            aud: SERVICE.into(),
+            aud: aud.into(),
             exp: now + self.token_ttl_secs,
             nbf: now,
             iat: now,
@@ -774,17 +794,20 @@ impl Auth {
 
     /// [`Self::verify`], remembering tokens that passed so that a client sending the same token
     /// on every request pays for the signature check once. Expiry is checked on every call.
-    fn verify_cached(&self, token: &str) -> Result<(String, Arc<Vec<Access>>)> {
+    fn verify_cached(&self, token: &str, aud: &'static str) -> Result<(String, Arc<Vec<Access>>)> {
         let now = (now_ms() / 1000).max(0) as u64;
         if let Ok(cache) = self.verified.read() {
             if let Some(v) = cache.get(token) {
+                if v.aud != aud {
+                    return Err(Error::Unauthorized("invalid token: InvalidAudience".into()));
+                }
                 if now < v.exp {
                     return Ok((v.sub.clone(), v.access.clone()));
                 }
                 return Err(Error::Unauthorized("invalid token: ExpiredSignature".into()));
             }
         }
-        let claims = self.verify(token)?;
+        let claims = self.verify_for(token, aud)?;
         let access = Arc::new(claims.access);
         if let Ok(mut cache) = self.verified.write() {
             if cache.len() >= VERIFIED_CAPACITY {
@@ -797,12 +820,52 @@ impl Auth {
                 token.to_string(),
                 Verified {
                     exp: claims.exp,
+                    aud,
                     sub: claims.sub.clone(),
                     access: access.clone(),
                 },
             );
         }
         Ok((claims.sub, access))
+    }
+
+    /// A token for the API under `/api/v1` (audience [`API_SERVICE`]): it names the account
+    /// only; each request is decided by what the account may do then.
+    pub fn issue_api(&self, p: &Principal) -> Result<String> {
+        self.issue_with(p, Vec::new(), API_SERVICE)
+    }
+
+    /// Who calls the API under `/api/v1`: HTTP Basic (a login, cached briefly) or a bearer
+    /// token of the API's own audience (a registry token is refused), as the account is now.
+    pub async fn identify_api(
+        &self,
+        meta: &dyn MetadataStore,
+        headers: &HeaderMap,
+        remote: Option<&str>,
+    ) -> Result<Principal> {
+        if !self.enabled() {
+            return Ok(Principal::Anonymous);
+        }
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, rest)| rest.trim().to_string());
+        match bearer {
+            None => Ok(self.identify(meta, headers, remote).await?.principal),
+            Some(token) => {
+                let (sub, _) = self
+                    .verify_cached(&token, API_SERVICE)
+                    .map_err(|_| Error::Unauthorized("invalid API token (get one from /token?service=image-manager-api; registry tokens are not API tokens)".into()))?;
+                match principal_by_actor(meta, &sub).await? {
+                    Principal::Anonymous if sub != "anonymous" => {
+                        Err(Error::Unauthorized("the token's account is disabled or gone".into()))
+                    }
+                    p => Ok(p),
+                }
+            }
+        }
     }
 
     /// A refresh token for `p` (`None` when refresh tokens are turned off).
@@ -857,13 +920,17 @@ impl Auth {
 
     /// Check a token's signature (ES256 only), expiry, issuer and audience.
     pub fn verify(&self, token: &str) -> Result<Claims> {
+        self.verify_for(token, SERVICE)
+    }
+
+    fn verify_for(&self, token: &str, aud: &str) -> Result<Claims> {
         let keys = self
             .keys
             .as_ref()
             .ok_or_else(|| Error::Unauthorized("tokens are not enabled".into()))?;
         let mut v = Validation::new(Algorithm::ES256);
         v.leeway = 0;
-        v.set_audience(&[SERVICE]);
+        v.set_audience(&[aud]);
         v.set_issuer(&[ISSUER]);
         v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
         jsonwebtoken::decode::<Claims>(token, &keys.decoding, &v)

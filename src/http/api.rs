@@ -51,18 +51,11 @@ pub(super) struct Caller {
 
 pub(super) async fn caller(state: &AppState, parts: &Parts) -> Result<Caller, Problem> {
     let remote = super::remote_addr(&parts.extensions);
-    let id = state
+    let principal = state
         .auth
-        .identify(&*state.meta, &parts.headers, remote.as_deref())
+        .identify_api(&*state.meta, &parts.headers, remote.as_deref())
         .await?;
-    if id.token.is_some() {
-        // Tokens carry repository grants for /v2, not administration rights.
-        return Err(Problem(Error::Unauthorized("use HTTP Basic on /api/v1".into())));
-    }
-    Ok(Caller {
-        principal: id.principal,
-        remote,
-    })
+    Ok(Caller { principal, remote })
 }
 
 impl Caller {

@@ -14,7 +14,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::AppState;
-use crate::auth::{Identity, Principal, SERVICE};
+use crate::auth::{Identity, Principal, API_SERVICE, SERVICE};
 use crate::error::{Error, Result};
 
 fn pairs(s: &str) -> Vec<(String, String)> {
@@ -29,16 +29,43 @@ fn one<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-fn check_service(pairs: &[(String, String)]) -> Result<()> {
+/// Whether the token is for the API under `/api/v1` (`service=image-manager-api`) rather
+/// than the registry.
+fn check_service(pairs: &[(String, String)]) -> Result<bool> {
     match one(pairs, "service") {
+        Some(API_SERVICE) => Ok(true),
         Some(s) if !s.is_empty() && s != SERVICE => Err(Error::BadRequest(format!(
-            "unknown service {s:?}: this server is {SERVICE:?}"
+            "unknown service {s:?}: this server is {SERVICE:?} (and {API_SERVICE:?} for /api/v1)"
         ))),
-        _ => Ok(()),
+        _ => Ok(false),
     }
 }
 
-async fn answer(state: &AppState, principal: &Principal, scopes: &[String], offline: bool) -> Result<Response> {
+async fn answer(
+    state: &AppState,
+    principal: &Principal,
+    scopes: &[String],
+    offline: bool,
+    api: bool,
+) -> Result<Response> {
+    if api {
+        if matches!(principal, Principal::Anonymous) {
+            return Err(Error::Unauthorized("API tokens are for accounts: log in".into()));
+        }
+        if scopes.iter().any(|s| !s.trim().is_empty()) {
+            return Err(Error::BadRequest(
+                "API tokens take no scope: each request is decided by the account's rights".into(),
+            ));
+        }
+        let token = state.auth.issue_api(principal)?;
+        return Ok(Json(json!({
+            "token": token,
+            "access_token": token,
+            "expires_in": state.auth.token_ttl_secs,
+            "issued_at": iso_now(),
+        }))
+        .into_response());
+    }
     let access = state.auth.grant(&*state.meta, principal, scopes).await?;
     let scope: Vec<String> = access
         .iter()
@@ -78,7 +105,7 @@ async fn run_get(state: &AppState, uri: &Uri, parts: &Parts) -> Result<Response>
         return Err(Error::NotFound);
     }
     let q = pairs(uri.query().unwrap_or(""));
-    check_service(&q)?;
+    let api = check_service(&q)?;
     let remote = super::remote_addr(&parts.extensions);
     let id: Identity = state
         .auth
@@ -88,7 +115,7 @@ async fn run_get(state: &AppState, uri: &Uri, parts: &Parts) -> Result<Response>
         return Err(Error::Unauthorized("a token cannot be exchanged for another".into()));
     }
     let offline = one(&q, "offline_token") == Some("true");
-    answer(state, &id.principal, &all(&q, "scope"), offline).await
+    answer(state, &id.principal, &all(&q, "scope"), offline, api).await
 }
 
 /// `POST /token`: the OAuth2 password grant (`application/x-www-form-urlencoded`).
@@ -103,7 +130,7 @@ async fn run_post(state: &AppState, parts: &Parts, body: &[u8]) -> Result<Respon
         return Err(Error::NotFound);
     }
     let form = pairs(std::str::from_utf8(body).map_err(|_| Error::BadRequest("form is not UTF-8".into()))?);
-    check_service(&form)?;
+    let api = check_service(&form)?;
     let remote = super::remote_addr(&parts.extensions);
     match one(&form, "grant_type") {
         Some("password") => {
@@ -111,14 +138,14 @@ async fn run_post(state: &AppState, parts: &Parts, body: &[u8]) -> Result<Respon
             let pass = one(&form, "password").unwrap_or_default();
             let principal = state.auth.login(&*state.meta, user, pass, remote.as_deref()).await?;
             let offline = one(&form, "access_type") == Some("offline");
-            answer(state, &principal, &all(&form, "scope"), offline).await
+            answer(state, &principal, &all(&form, "scope"), offline, api).await
         }
         Some("refresh_token") => {
             let refresh = one(&form, "refresh_token")
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| Error::BadRequest("refresh_token is required with grant_type=refresh_token".into()))?;
             let principal = state.auth.refresh(&*state.meta, refresh).await?;
-            answer(state, &principal, &all(&form, "scope"), false).await
+            answer(state, &principal, &all(&form, "scope"), false, api).await
         }
         Some(other) => Err(Error::BadRequest(format!(
             "unsupported grant_type {other:?} (password and refresh_token are supported)"

@@ -404,6 +404,42 @@ def test_cached_basic_login_ends_with_the_account(srv):
     is_oci_error(requests.get(f"{srv.url}/v2/", auth=(user, PASSWORD)), 401, "UNAUTHORIZED")
 
 
+def api_token(srv, auth, **params) -> requests.Response:
+    return requests.get(f"{srv.url}/token", params={"service": "image-manager-api", **params}, auth=auth, timeout=30)
+
+
+def test_api_bearer_tokens_have_their_own_audience(srv):
+    user = "apiuser" + uuid.uuid4().hex[:4]
+    assert api(srv, "POST", "/api/v1/admin/users", json={"name": user, "password": PASSWORD}).status_code == 201
+    assert api(srv, "PUT", f"/api/v1/admin/namespaces/{NS}/members/{user}", json={"role": "reader"}).status_code == 200
+    r = api_token(srv, (user, PASSWORD))
+    assert r.status_code == 200, r.text
+    t = r.json()["token"]
+    assert requests.get(f"{srv.url}/api/v1/images", headers=bearer(t)).status_code == 200
+    # What the account may not do, the token may not either: the API decides per request.
+    is_problem(requests.get(f"{srv.url}/api/v1/admin/users", headers=bearer(t)), 403)
+    admin_t = api_token(srv, ADMIN).json()["token"]
+    assert requests.get(f"{srv.url}/api/v1/admin/users", headers=bearer(admin_t)).status_code == 200
+    # A registry token is not an API token, and back.
+    reg_t = token(srv, f"repository:{NS}/app:pull", auth=(user, PASSWORD))
+    is_problem(requests.get(f"{srv.url}/api/v1/images", headers=bearer(reg_t)), 401)
+    is_oci_error(requests.get(f"{srv.url}/v2/{NS}/app/manifests/v1", headers=bearer(t)), 401, "UNAUTHORIZED")
+    # API tokens take no scope, and need an account.
+    assert api_token(srv, (user, PASSWORD), scope=f"repository:{NS}/app:pull").status_code == 400
+    assert api_token(srv, None).status_code == 401
+    # A disabled account's token stops working at once.
+    assert api(srv, "POST", f"/api/v1/admin/users/{user}/disable").status_code in (200, 204)
+    is_problem(requests.get(f"{srv.url}/api/v1/images", headers=bearer(t)), 401)
+
+
+def test_robots_get_api_tokens(srv):
+    name = "onap" + uuid.uuid4().hex[:4]
+    r = cli(srv, "robot", "add", name, "--namespace", NS, "--actions", "pull,push")
+    assert r.returncode == 0, r.stderr
+    t = api_token(srv, (f"robot${name}", r.stdout.strip())).json()["token"]
+    assert requests.get(f"{srv.url}/api/v1/images", headers=bearer(t)).status_code == 200
+
+
 def test_robots_are_limited_and_expire(srv):
     r = cli(srv, "robot", "add", "ci", "--namespace", NS, "--actions", "pull,push")
     assert r.returncode == 0, r.stderr
