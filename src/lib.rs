@@ -8,5 +8,6 @@ pub mod core;
 pub mod error;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod server;
 pub mod storage;

@@ -31,17 +31,18 @@ pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<SqlStore>> {
 /// Open the blob store named by the configuration.
 pub async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     let url = config.blobs_url();
+    let wrap = crate::storage::instrumented::InstrumentedBlobs::wrap;
     if let Some(path) = url.strip_prefix("file://") {
-        return Ok(Arc::new(
+        return Ok(wrap(Arc::new(
             FsBlobStore::open(path, config.storage.fsync).context("opening blob directory")?,
-        ));
+        )));
     }
     if url.starts_with("s3://") {
-        return Ok(Arc::new(
+        return Ok(wrap(Arc::new(
             S3BlobStore::open(&url, config.storage.redirect)
                 .await
                 .context("opening S3 blob store")?,
-        ));
+        )));
     }
     bail!("unsupported blob store URL {url:?} (expected file:///path or s3://bucket/prefix)")
 }
@@ -163,6 +164,14 @@ async fn collect_garbage(
             _ = stop.wait_for(|s| *s) => return,
         }
         let run = crate::core::gc::collect(&*registry.meta, &*registry.blobs, &opts, Some(&stop)).await;
+        let m = crate::metrics::metrics();
+        let outcome = if run.is_ok() { "ok" } else { "error" };
+        m.gc_runs
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+            .inc();
+        if let Ok(r) = &run {
+            m.gc_reclaimed_bytes.inc_by(r.blob_bytes + r.manifest_bytes);
+        }
         match run {
             Ok(r) => tracing::info!(
                 manifests = r.manifests,

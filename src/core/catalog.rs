@@ -362,6 +362,17 @@ impl Registry {
         }
     }
 
+    /// Registry events the catalog indexer has not applied yet (counted up to 10,000).
+    pub async fn indexer_lag(&self) -> Result<u64> {
+        let cursor = self
+            .meta
+            .setting(INDEX_CURSOR)
+            .await?
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        Ok(self.meta.events_after(cursor, 10_000).await?.len() as u64)
+    }
+
     /// Apply registry events after the stored cursor to the catalog; returns how many.
     pub async fn index_events(&self) -> Result<usize> {
         let cursor = self

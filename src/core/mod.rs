@@ -81,6 +81,17 @@ impl Registry {
         self
     }
 
+    /// Read the state the metrics gauges describe (at each scrape of /metrics).
+    pub async fn observe_state(&self) {
+        let m = crate::metrics::metrics();
+        match self.indexer_lag().await {
+            Ok(lag) => {
+                m.indexer_lag_events.set(lag.min(i64::MAX as u64) as i64);
+            }
+            Err(e) => tracing::debug!(error = %e, "reading the catalog indexer's lag"),
+        }
+    }
+
     /// The quota of namespace `ns`: its own, else the configured default (0: none).
     pub async fn quota_of(&self, ns: &str) -> Result<Option<u64>> {
         let own = self.meta.namespace_quota(ns).await?;

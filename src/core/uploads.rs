@@ -523,6 +523,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
+        let _busy = crate::metrics::InFlight::new(&crate::metrics::metrics().upload_writes_in_flight);
         let mut writer = self.blobs.upload_writer(data, offset).await?;
         let mut written = 0u64;
         let streamed: Result<()> = loop {

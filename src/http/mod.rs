@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v2", any(registry::dispatch))
         .route("/v2/", any(registry::dispatch))
         .route("/v2/{*path}", any(registry::dispatch))
@@ -46,6 +47,47 @@ pub fn router(state: AppState) -> Router {
 pub fn remote_addr(ext: &axum::http::Extensions) -> Option<String> {
     ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip().to_string())
+}
+
+/// The metrics label of a request path: a fixed set, never a repository or id.
+pub fn route_label(path: &str) -> &'static str {
+    if path == "/v2" || path.starts_with("/v2/") {
+        return registry::route_label(path);
+    }
+    let api = |rest: &str| -> &'static str {
+        match rest.split('/').next().unwrap_or_default() {
+            "images" if rest.starts_with("images/uploads") => "api_image_uploads",
+            "images" => "api_images",
+            "packages" => "api_packages",
+            "admin" => "api_admin",
+            _ => "api_other",
+        }
+    };
+    match path {
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        "/token" => "token",
+        p if p.starts_with("/api/v1/") => api(&p["/api/v1/".len()..]),
+        p if p.starts_with("/api") || p.starts_with("/openapi") => "api_docs",
+        _ => "other",
+    }
+}
+
+/// Prometheus metrics; the gauges that describe state are read now.
+async fn metrics(State(reg): State<AppState>) -> impl IntoResponse {
+    let m = crate::metrics::metrics();
+    let free = reg.blobs.free_space().await.ok().flatten();
+    m.blob_free_bytes
+        .set(free.map_or(-1, |f| f.min(i64::MAX as u64) as i64));
+    reg.observe_state().await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
 }
 
 /// Total size of request headers accepted; larger requests get 431.

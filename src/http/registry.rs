@@ -36,6 +36,21 @@ enum Route<'a> {
     Referrers(&'a str, &'a str),
 }
 
+/// The metrics label of a `/v2` path (no names: labels stay few).
+pub(crate) fn route_label(path: &str) -> &'static str {
+    match route(path) {
+        Some(Route::Base) => "v2_base",
+        Some(Route::Catalog) => "v2_catalog",
+        Some(Route::Tags(_)) => "v2_tags",
+        Some(Route::Manifest(..)) => "v2_manifest",
+        Some(Route::Blob(..)) => "v2_blob",
+        Some(Route::UploadStart(_)) => "v2_upload_start",
+        Some(Route::Upload(..)) => "v2_upload",
+        Some(Route::Referrers(..)) => "v2_referrers",
+        None => "v2_other",
+    }
+}
+
 fn route(path: &str) -> Option<Route<'_>> {
     let rest = path.strip_prefix("/v2")?;
     let rest = rest.strip_prefix('/').unwrap_or(rest);

@@ -30,6 +30,7 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use crate::listener::Incoming;
+use crate::metrics::{metrics, RequestLabels, RouteLabels};
 
 /// The deadlines and the connection cap, from `[server]` in the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -80,14 +81,31 @@ pub async fn serve(
         let activity = Arc::new(Activity::default());
         let io = Watched::new(io, activity.clone(), limits);
         let app = app.clone();
+        let m = metrics();
+        m.connections.inc();
+        let open = crate::metrics::InFlight::new(&m.connections_open);
         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let guard = activity.begin();
+            let started = std::time::Instant::now();
+            let route = super::route_label(req.uri().path());
+            let method = req.method().as_str().to_string();
             let (mut parts, body) = req.into_parts();
             parts.extensions.insert(ConnectInfo(peer));
             let req = axum::extract::Request::from_parts(parts, Body::new(IdleBody::new(body, limits.body_idle)));
             let app = app.clone();
             async move {
                 let resp = app.oneshot(req).await?;
+                let m = metrics();
+                m.http_requests
+                    .get_or_create(&RequestLabels {
+                        route,
+                        method: method.clone(),
+                        status: resp.status().as_u16(),
+                    })
+                    .inc();
+                m.http_duration
+                    .get_or_create(&RouteLabels { route, method })
+                    .observe(started.elapsed().as_secs_f64());
                 Ok::<_, Infallible>(resp.map(|b| {
                     Body::new(Tracked {
                         inner: b,
@@ -104,6 +122,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(open);
             drop(slot);
         });
     }
@@ -154,7 +173,13 @@ impl http_body::Body for Tracked {
     type Error = axum::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                metrics().http_bytes_out.inc_by(data.len() as u64);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -195,6 +220,11 @@ impl http_body::Body for IdleBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting = false;
+                if let Some(Ok(f)) = &frame {
+                    if let Some(data) = f.data_ref() {
+                        metrics().http_bytes_in.inc_by(data.len() as u64);
+                    }
+                }
                 Poll::Ready(frame.map(|f| f.map_err(io::Error::other)))
             }
             Poll::Pending => {

@@ -9,6 +9,7 @@
 pub mod blob;
 pub mod catalog;
 pub mod fs;
+pub mod instrumented;
 pub mod meta;
 pub mod s3;
 pub mod sql;

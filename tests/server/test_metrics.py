@@ -1,0 +1,71 @@
+"""Prometheus metrics at /metrics: requests by route, method and status with latency, bytes in
+and out, blob store calls by operation, uploads in flight, free space, indexer lag, GC."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+
+import requests
+
+import imserver
+
+digest = imserver.digest
+
+
+def scrape(srv) -> dict[str, float]:
+    r = requests.get(f"{srv.url}/metrics")
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert r.text.rstrip().endswith("# EOF")
+    out = {}
+    for line in r.text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        m = re.match(r"^(\S+?)(\{[^}]*\})?\s+(\S+)$", line)
+        assert m, f"unparsable metrics line {line!r}"
+        out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def value(metrics: dict[str, float], name: str, **labels) -> float:
+    """Sum of the series of `name` whose labels include `labels`."""
+    total = 0.0
+    for key, v in metrics.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        if all(have.get(k) == str(want) for k, want in labels.items()):
+            total += v
+    return total
+
+
+def test_metrics_follow_a_push_and_a_pull():
+    with imserver.Server() as srv:
+        before = scrape(srv)
+        repo = f"metrics/{uuid.uuid4().hex[:8]}"
+        data = os.urandom(300_000)
+        assert requests.post(f"{srv.url}/v2/{repo}/blobs/uploads/?digest={digest(data)}", data=data).status_code == 201
+        assert requests.get(f"{srv.url}/v2/{repo}/blobs/{digest(data)}").content == data
+        assert requests.get(f"{srv.url}/v2/{repo}/blobs/sha256:{'0' * 64}").status_code == 404
+        after = scrape(srv)
+
+        def grew(name, by=1.0, **labels):
+            d = value(after, name, **labels) - value(before, name, **labels)
+            assert d >= by, f"{name}{labels} grew by {d}, expected at least {by}"
+
+        grew("image_manager_http_requests_total", route="v2_upload_start", method="POST", status=201)
+        grew("image_manager_http_requests_total", route="v2_blob", method="GET", status=200)
+        grew("image_manager_http_requests_total", route="v2_blob", method="GET", status=404)
+        grew("image_manager_http_request_duration_seconds_count", route="v2_blob", method="GET", by=2)
+        grew("image_manager_http_request_body_bytes_total", by=len(data))
+        grew("image_manager_http_response_body_bytes_total", by=len(data))
+        grew("image_manager_store_call_duration_seconds_count", store="blob", op="upload_commit")
+        grew("image_manager_store_call_duration_seconds_count", store="blob", op="get")
+        assert value(after, "image_manager_upload_writes_in_flight") == 0
+        assert value(after, "image_manager_connections_open") >= 1
+        assert value(after, "image_manager_catalog_indexer_lag_events") >= 0
+        free = value(after, "image_manager_blob_store_free_bytes")
+        assert free > 0 or free == -1  # -1: an S3 store does not tell
