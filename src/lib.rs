@@ -1,6 +1,7 @@
 //! Image Manager: an OCI-registry-compatible image repository and the ONAP image catalog.
 //!
-//! Layers: [`http`] (surfaces) → [`core`] (rules) → [`storage`] (blob store + metadata store).
+//! Layers: [`http`] (surfaces) → [`core`] (rules) → [`storage`] (blob store + metadata store),
+//! all speaking the OCI vocabulary of the leaf module [`oci`].
 
 pub mod auth;
 pub mod config;
@@ -9,5 +10,6 @@ pub mod error;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod oci;
 pub mod server;
 pub mod storage;

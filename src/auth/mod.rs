@@ -20,8 +20,8 @@ use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::core::names::RepoName;
 use crate::error::{Error, Result};
+use crate::oci::names::RepoName;
 use crate::storage::meta::{AuditRecord, RobotRecord, UserRecord};
 use crate::storage::{now_ms, MetadataStore, StoreError};
 

@@ -6,8 +6,8 @@ pub mod csar;
 pub mod gc;
 pub mod ingest;
 pub mod inspect;
-pub mod manifest;
-pub mod names;
+/// The OCI vocabulary, re-exported where core code has always found it.
+pub use crate::oci::{manifest, names};
 pub mod package;
 pub mod uploads;
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 use super::StoreError;
-use crate::core::names::Digest;
+use crate::oci::names::Digest;
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::blob::{BlobStore, BlobWriter, ByteRange, ByteStream, ChunkBatch};
 use super::StoreError;
-use crate::core::names::{Algorithm, Digest};
+use crate::oci::names::{Algorithm, Digest};
 
 const READ_CHUNK: usize = 256 * 1024;
 /// Chunks are handed to the writer thread in batches of at least this many bytes (written

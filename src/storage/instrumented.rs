@@ -10,8 +10,8 @@ use tracing::Instrument;
 
 use super::blob::{BlobStore, BlobWriter, ByteRange, ByteStream};
 use super::{StoreError, StoreErrorKind};
-use crate::core::names::Digest;
 use crate::metrics::{metrics, StoreErrorLabels, StoreLabels};
+use crate::oci::names::Digest;
 
 pub struct InstrumentedBlobs {
     inner: Arc<dyn BlobStore>,

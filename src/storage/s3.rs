@@ -54,7 +54,7 @@ use tokio::sync::mpsc;
 
 use super::blob::{BlobStore, BlobWriter, ByteRange, ByteStream};
 use super::{StoreError, StoreErrorKind};
-use crate::core::names::{Algorithm, Digest};
+use crate::oci::names::{Algorithm, Digest};
 
 const MIB: u64 = 1024 * 1024;
 /// Smallest part S3 accepts in a multipart upload, except the last one.
