@@ -67,6 +67,14 @@ pub enum Error {
     BadRequest(String),
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::StoreError),
+    /// A failure of this server that is neither storage nor the client's doing (a panicked
+    /// handler, a signing or hashing step that failed): 500, the cause logged, not shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A remote system this server talks to (a VIM, another registry) failed or refused:
+    /// 502, with what it said.
+    #[error("upstream: {0}")]
+    Upstream(String),
     #[error("request body: {0}")]
     Body(String),
     /// Content that is well-formed HTTP but refused on inspection (an unsafe disk image, a
@@ -114,6 +122,8 @@ impl Error {
                 StoreErrorKind::Conflict => (StatusCode::CONFLICT, "UNKNOWN"),
                 StoreErrorKind::NotFound | StoreErrorKind::Other => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             },
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            Upstream(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
             Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "REFUSED"),
             EntryUnknown(_) => (StatusCode::NOT_FOUND, "ENTRY_UNKNOWN"),
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED"),
@@ -131,6 +141,7 @@ impl Error {
                 (StoreErrorKind::Conflict, _) => "a concurrent change to the same data won; retry".into(),
                 _ => "internal storage error".to_string(),
             },
+            Error::Internal(_) => "internal error".to_string(),
             other => other.to_string(),
         }
     }

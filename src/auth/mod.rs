@@ -789,7 +789,7 @@ impl Auth {
             access,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &keys.encoding)
-            .map_err(|e| Error::Storage(StoreError::Other(format!("signing a token: {e}"))))
+            .map_err(|e| Error::Internal(format!("signing a token: {e}")))
     }
 
     /// [`Self::verify`], remembering tokens that passed so that a client sending the same token
@@ -885,7 +885,7 @@ impl Auth {
         };
         jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &keys.encoding)
             .map(Some)
-            .map_err(|e| Error::Storage(StoreError::Other(format!("signing a token: {e}"))))
+            .map_err(|e| Error::Internal(format!("signing a token: {e}")))
     }
 
     /// The account a refresh token stands for, as it is now: a disabled, deleted or expired
@@ -944,7 +944,7 @@ fn random_id() -> Result<String> {
     let mut id = [0u8; 16];
     SystemRandom::new()
         .fill(&mut id)
-        .map_err(|_| Error::Storage(StoreError::Other("random number generator failed".into())))?;
+        .map_err(|_| Error::Internal("random number generator failed".into()))?;
     Ok(hex::encode(id))
 }
 
@@ -1034,12 +1034,12 @@ pub fn hash_password(password: &str) -> Result<String> {
     let mut salt = [0u8; 16];
     SystemRandom::new()
         .fill(&mut salt)
-        .map_err(|_| Error::Storage(StoreError::Other("random number generator failed".into())))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| Error::Storage(StoreError::Other(e.to_string())))?;
+        .map_err(|_| Error::Internal("random number generator failed".into()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| Error::Internal(e.to_string()))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| Error::Storage(StoreError::Other(format!("hashing a password: {e}"))))
+        .map_err(|e| Error::Internal(format!("hashing a password: {e}")))
 }
 
 /// Byte equality in time independent of where the inputs differ.
@@ -1101,7 +1101,7 @@ pub async fn create_robot(
     let mut raw = [0u8; 32];
     SystemRandom::new()
         .fill(&mut raw)
-        .map_err(|_| Error::Storage(StoreError::Other("random number generator failed".into())))?;
+        .map_err(|_| Error::Internal("random number generator failed".into()))?;
     let secret = hex::encode(raw);
     let now = now_ms();
     let robot = RobotRecord {

@@ -194,9 +194,7 @@ impl Scanner {
                 reason: format!("the disk image was refused: {e}"),
                 problems: vec![e.to_string()],
             }),
-            _ => Err(Error::Storage(crate::storage::StoreError::Other(
-                "a hashing thread failed".into(),
-            ))),
+            _ => Err(Error::Internal("a hashing thread failed".into())),
         }
     }
 }
@@ -507,8 +505,8 @@ impl Registry {
             }
             Err(e) => return Err(e),
         };
-        let meta: ImageMeta = serde_json::from_str(&rec.metadata)
-            .map_err(|e| Error::Storage(crate::storage::StoreError::Other(format!("upload metadata: {e}"))))?;
+        let meta: ImageMeta =
+            serde_json::from_str(&rec.metadata).map_err(|e| Error::Internal(format!("upload metadata: {e}")))?;
         Ok((rec, meta, offset))
     }
 

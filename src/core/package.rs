@@ -186,7 +186,7 @@ impl Registry {
         let lim = limits.clone();
         let package = tokio::task::spawn_blocking(move || csar::open(&path, &lim))
             .await
-            .map_err(|_| Error::Storage(crate::storage::StoreError::Other("package reader failed".into())))?
+            .map_err(|_| Error::Internal("package reader failed".into()))?
             .map_err(refused)?;
 
         let name = match params.name.as_deref() {
@@ -341,9 +341,7 @@ impl Registry {
         let staged = self.stage_blob(stream, None).await?;
         if staged.digest.as_str() != sha256.as_str() {
             self.discard_staged(&staged).await;
-            return Err(Error::Storage(crate::storage::StoreError::Other(
-                "the spooled package changed while it was read".into(),
-            )));
+            return Err(Error::Internal("the spooled package changed while it was read".into()));
         }
         self.commit_staged(&repo, &staged).await?;
 
@@ -485,7 +483,7 @@ impl Registry {
         let ingested = self.ingest_vm_image(p, meta, stream, origin).await;
         let read = reader
             .await
-            .map_err(|_| Error::Storage(crate::storage::StoreError::Other("package reader failed".into())))?;
+            .map_err(|_| Error::Internal("package reader failed".into()))?;
         match ingested {
             Ok(e) => match read {
                 Ok(()) => Ok((e, true)),
@@ -592,7 +590,7 @@ async fn entry_sha256(zip: &std::path::Path, file: &str, limits: &csar::Limits) 
         })
     })
     .await
-    .map_err(|_| Error::Storage(crate::storage::StoreError::Other("package reader failed".into())))?
+    .map_err(|_| Error::Internal("package reader failed".into()))?
     .map_err(refused)
 }
 

@@ -38,7 +38,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .layer(axum::middleware::from_fn(limit_headers))
         .layer(CatchPanicLayer::custom(|_| {
-            crate::error::Error::Storage(crate::storage::StoreError::Other("handler panicked".into())).into_response()
+            crate::error::Error::Internal("handler panicked".into()).into_response()
         }))
         .layer(TraceLayer::new_for_http())
 }

@@ -219,21 +219,23 @@ impl SqlStore {
     }
 
     /// Run a write transaction, again when the database reports a deadlock or serialization
-    /// failure (concurrent replicas on PostgreSQL or MariaDB).
-    async fn retrying<'s, T, F>(&'s self, mut attempt: F) -> Result<T, StoreError>
+    /// failure (concurrent replicas on PostgreSQL or MariaDB), backing off exponentially with
+    /// jitter between attempts (5 ms doubling, at most 8 retries).
+    async fn retrying<'s, T, F>(&'s self, attempt: F) -> Result<T, StoreError>
     where
         F: FnMut() -> futures::future::BoxFuture<'s, Result<T, StoreError>>,
     {
-        let mut tries = 0;
-        loop {
-            match attempt().await {
-                Err(StoreError::Db(e)) if tries < 8 && is_retryable(&e) => {
-                    tries += 1;
-                    tracing::debug!(error = %e, tries, "retrying transaction");
-                }
-                other => return other,
-            }
-        }
+        use backon::Retryable;
+        let policy = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(5))
+            .with_max_delay(Duration::from_millis(500))
+            .with_max_times(8)
+            .with_jitter();
+        attempt
+            .retry(policy)
+            .when(|e| matches!(e, StoreError::Db(d) if is_retryable(d)))
+            .notify(|e, after| tracing::debug!(error = %e, ?after, "retrying transaction"))
+            .await
     }
 
     /// Start a write transaction. On SQLite it takes the write lock at once (`BEGIN
