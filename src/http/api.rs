@@ -19,6 +19,82 @@ use crate::error::{Error, Problem};
 use crate::storage::meta::{AuditFilter, AuditRecord, RobotRecord, UserRecord};
 use crate::storage::now_ms;
 
+/// A user account as the API shows it (never its password hash).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct User {
+    name: String,
+    admin: bool,
+    disabled: bool,
+    /// ms since the epoch.
+    created_at: i64,
+}
+
+impl From<UserRecord> for User {
+    fn from(u: UserRecord) -> Self {
+        User {
+            name: u.name,
+            admin: u.admin,
+            disabled: u.disabled,
+            created_at: u.created_at,
+        }
+    }
+}
+
+/// A robot account as the API shows it (never its secret's hash).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Robot {
+    name: String,
+    namespaces: Vec<String>,
+    actions: Vec<String>,
+    /// ms since the epoch; `None`: never.
+    expires_at: Option<i64>,
+    disabled: bool,
+    created_at: i64,
+}
+
+impl From<RobotRecord> for Robot {
+    fn from(r: RobotRecord) -> Self {
+        Robot {
+            name: r.name,
+            namespaces: r.namespaces,
+            actions: r.actions,
+            expires_at: r.expires_at,
+            disabled: r.disabled,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// One audit log entry.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct AuditEntry {
+    /// ms since the epoch.
+    at: i64,
+    actor: String,
+    action: String,
+    target: String,
+    namespace: Option<String>,
+    remote: Option<String>,
+    /// `ok`, `denied` or `failed`.
+    outcome: String,
+    detail: Option<String>,
+}
+
+impl From<AuditRecord> for AuditEntry {
+    fn from(a: AuditRecord) -> Self {
+        AuditEntry {
+            at: a.at,
+            actor: a.actor,
+            action: a.action,
+            target: a.target,
+            namespace: a.namespace,
+            remote: a.remote,
+            outcome: a.outcome,
+            detail: a.detail,
+        }
+    }
+}
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/admin/namespaces", get(list_namespaces))
@@ -425,15 +501,15 @@ async fn system(state: &AppState, parts: &Parts) -> Result<Caller, Problem> {
 #[utoipa::path(
     get, path = "/api/v1/admin/users", tag = "admin",
     responses(
-        (status = 200, description = "Users", body = Vec<UserRecord>),
+        (status = 200, description = "Users", body = Vec<User>),
         (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
     ),
     security((), ("basic" = []))
 )]
-pub(super) async fn list_users(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<UserRecord>>, Problem> {
+pub(super) async fn list_users(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<User>>, Problem> {
     system(&state, &parts).await?;
-    Ok(Json(state.meta.users().await?))
+    Ok(Json(state.meta.users().await?.into_iter().map(User::from).collect()))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -449,7 +525,7 @@ pub(super) struct UserBody {
     post, path = "/api/v1/admin/users", tag = "admin",
     request_body = UserBody,
     responses(
-        (status = 201, description = "The user", body = UserRecord, links(("DeleteUser" = (operation_id = "delete_user", parameters(("name" = "$response.body#/name")))), ("DisableUser" = (operation_id = "disable_user", parameters(("name" = "$response.body#/name")))))),
+        (status = 201, description = "The user", body = User, links(("DeleteUser" = (operation_id = "delete_user", parameters(("name" = "$response.body#/name")))), ("DisableUser" = (operation_id = "disable_user", parameters(("name" = "$response.body#/name")))))),
         (status = 400, description = "Invalid request", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
@@ -461,7 +537,7 @@ pub(super) async fn add_user(
     State(state): State<AppState>,
     parts: Parts,
     body: Result<Json<UserBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<UserRecord>), Problem> {
+) -> Result<(StatusCode, Json<User>), Problem> {
     let c = system(&state, &parts).await?;
     let body = json_body(body)?;
     let user = crate::auth::create_user(&*state.meta, &body.name, &body.password, body.admin).await?;
@@ -473,7 +549,7 @@ pub(super) async fn add_user(
         Some(format!("admin {}", user.admin)),
     )
     .await;
-    Ok((StatusCode::CREATED, Json(user)))
+    Ok((StatusCode::CREATED, Json(User::from(user))))
 }
 
 #[utoipa::path(
@@ -533,18 +609,15 @@ pub(super) async fn disable_user(
 #[utoipa::path(
     get, path = "/api/v1/admin/robots", tag = "admin",
     responses(
-        (status = 200, description = "Robot accounts", body = Vec<RobotRecord>),
+        (status = 200, description = "Robot accounts", body = Vec<Robot>),
         (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
     ),
     security((), ("basic" = []))
 )]
-pub(super) async fn list_robots(
-    State(state): State<AppState>,
-    parts: Parts,
-) -> Result<Json<Vec<RobotRecord>>, Problem> {
+pub(super) async fn list_robots(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<Robot>>, Problem> {
     system(&state, &parts).await?;
-    Ok(Json(state.meta.robots().await?))
+    Ok(Json(state.meta.robots().await?.into_iter().map(Robot::from).collect()))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -579,7 +652,7 @@ pub(super) async fn add_robot(
         crate::auth::create_robot(&*state.meta, &b.name, &b.namespaces, &b.actions, b.expires_days).await?;
     c.audit(&state, "robot.add", &robot.name, None, Some(robot.namespaces.join(",")))
         .await;
-    let mut v = serde_json::to_value(&robot).unwrap_or_else(|_| json!({}));
+    let mut v = serde_json::to_value(Robot::from(robot.clone())).unwrap_or_else(|_| json!({}));
     v["login"] = json!(format!("{}{}", crate::auth::ROBOT_PREFIX, robot.name));
     v["secret"] = json!(secret);
     Ok((StatusCode::CREATED, Json(v)))
@@ -655,7 +728,7 @@ pub(super) struct AuditQuery {
     get, path = "/api/v1/admin/audit", tag = "admin",
     params(AuditQuery),
     responses(
-        (status = 200, description = "Audit records, oldest first", body = Vec<AuditRecord>),
+        (status = 200, description = "Audit records, oldest first", body = Vec<AuditEntry>),
         (status = 400, description = "Invalid request", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Not allowed", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
@@ -666,7 +739,7 @@ pub(super) async fn list_audit(
     State(state): State<AppState>,
     parts: Parts,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<AuditRecord>>, Problem> {
+) -> Result<Json<Vec<AuditEntry>>, Problem> {
     let Query(q) = q.map_err(|e| Problem(Error::BadRequest(e.body_text())))?;
     let c = caller(&state, &parts).await?;
     // System admins read everything; a namespace admin reads their namespace's records.
@@ -687,6 +760,12 @@ pub(super) async fn list_audit(
         until: q.until,
     };
     Ok(Json(
-        state.meta.audit(&filter, q.limit.unwrap_or(1000).min(10_000)).await?,
+        state
+            .meta
+            .audit(&filter, q.limit.unwrap_or(1000).min(10_000))
+            .await?
+            .into_iter()
+            .map(AuditEntry::from)
+            .collect(),
     ))
 }

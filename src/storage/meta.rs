@@ -262,20 +262,18 @@ pub trait MetadataStore: super::catalog::CatalogStore + Send + Sync + 'static {
     async fn gc_record_run(&self, freed_bytes: u64) -> Result<(), StoreError>;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
     pub name: String,
-    #[serde(skip)]
     pub password_hash: String,
     pub admin: bool,
     pub disabled: bool,
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RobotRecord {
     pub name: String,
-    #[serde(skip)]
     pub secret_hash: String,
     pub namespaces: Vec<String>,
     pub actions: Vec<String>,
@@ -285,7 +283,7 @@ pub struct RobotRecord {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
     /// ms since the epoch.
     pub at: i64,
