@@ -5,17 +5,21 @@
 //! * [`MetadataStore`]: everything else (repositories, which blobs each may read, manifests,
 //!   tags, upload sessions, events). One SQL implementation ([`sql::SqlStore`]) serves SQLite,
 //!   PostgreSQL and MariaDB.
+//! * [`JobStore`]: durable jobs, cluster-wide leases and event outbox cursors ([`jobs`]); the
+//!   same SQL backend implements it.
 
 pub mod blob;
 pub mod catalog;
 pub mod fs;
 pub mod instrumented;
+pub mod jobs;
 pub mod meta;
 pub mod s3;
 pub mod sql;
 
 pub use blob::{BlobStore, BlobWriter, ByteRange, ByteStream, ChunkBatch};
 pub use catalog::CatalogStore;
+pub use jobs::JobStore;
 pub use meta::MetadataStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +107,10 @@ fn db_kind(e: &sqlx::Error) -> StoreErrorKind {
                 // Serialization failure, deadlock (PostgreSQL; MariaDB 1213, lock wait 1205),
                 // SQLite busy/locked.
                 "40001" | "40P01" | "1213" | "1205" | "5" | "6" | "517" => StoreErrorKind::Transient,
+                // The server went away or is full of connections: PostgreSQL class 08, admin or
+                // crash shutdown 57P01-57P03, too many connections 53300; MariaDB 1040.
+                c if c.starts_with("08") => StoreErrorKind::Transient,
+                "57P01" | "57P02" | "57P03" | "53300" | "1040" => StoreErrorKind::Transient,
                 // Disk full: PostgreSQL 53100, MariaDB 1021 / 1114, SQLite SQLITE_FULL.
                 "53100" | "1021" | "1114" | "13" => StoreErrorKind::Full,
                 "23505" | "1062" | "2067" | "1555" => StoreErrorKind::Conflict,

@@ -17,6 +17,7 @@ use super::meta::{ManifestRecord, MetadataStore, NewManifest, PutOutcome, Referr
 use super::{now_ms, StoreError};
 
 mod catalog;
+mod jobs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
