@@ -18,6 +18,7 @@ pub struct Config {
     pub log: LogConfig,
     pub gc: GcConfig,
     pub catalog: CatalogConfig,
+    pub jobs: JobsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,7 +214,70 @@ impl Default for CatalogConfig {
     }
 }
 
-const SECTIONS: [&str; 6] = ["server__", "storage__", "registry__", "log__", "gc__", "catalog__"];
+/// Durable jobs (`core::jobs`), the leases of once-per-cluster background work, and the
+/// consumers of the event outbox (`core::outbox`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// How often an idle worker looks for jobs enqueued by other replicas (ms); a job enqueued
+    /// by this process wakes it at once.
+    pub poll_interval_ms: u64,
+    /// How long a claimed job stays leased to its worker without a heartbeat; then another
+    /// worker may take it up.
+    pub lease_ttl_secs: u64,
+    /// How often a worker renews the lease of a job it runs.
+    pub heartbeat_secs: u64,
+    /// Claims of a job before it is dead, unless its enqueuer says otherwise.
+    pub max_attempts: u32,
+    /// Delay before a failed job runs again: random between 0 and
+    /// `retry_base_ms * 2^(attempt - 1)`, that ceiling at most `retry_max_secs`.
+    pub retry_base_ms: u64,
+    pub retry_max_secs: u64,
+    /// On shutdown, how long running jobs may take to finish; those still running are left to
+    /// their lease's expiry, and another replica takes them up.
+    pub shutdown_grace_secs: u64,
+    /// Lease of the work one replica runs for the whole cluster (garbage collection, upload
+    /// sweeps, pruning), renewed every third of it while the replica runs.
+    pub maintenance_lease_secs: u64,
+    /// An outbox consumer steps past a missing event id after this long: a transaction that
+    /// rolled back leaves its id missing for good.
+    pub outbox_gap_timeout_secs: u64,
+    /// How many events are kept below the slowest consumer's cursor when the outbox is pruned.
+    pub event_retention: u64,
+    /// How often the outbox and finished jobs are pruned; 0: never.
+    pub prune_interval_secs: u64,
+    /// Done jobs are deleted this long after they finished (dead ones are kept).
+    pub done_retention_secs: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 1000,
+            lease_ttl_secs: 30,
+            heartbeat_secs: 10,
+            max_attempts: 10,
+            retry_base_ms: 1000,
+            retry_max_secs: 600,
+            shutdown_grace_secs: 20,
+            maintenance_lease_secs: 60,
+            outbox_gap_timeout_secs: 10,
+            event_retention: 100_000,
+            prune_interval_secs: 3600,
+            done_retention_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+const SECTIONS: [&str; 7] = [
+    "server__",
+    "storage__",
+    "registry__",
+    "log__",
+    "gc__",
+    "catalog__",
+    "jobs__",
+];
 
 impl Config {
     /// Defaults, then `file` (if given), then `IMAGE_MANAGER_*` environment variables.

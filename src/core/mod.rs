@@ -6,6 +6,7 @@ pub mod csar;
 pub mod gc;
 pub mod ingest;
 pub mod inspect;
+pub mod jobs;
 /// The OCI vocabulary, re-exported where core code has always found it.
 pub use crate::oci::{manifest, names};
 pub mod package;
