@@ -13,7 +13,7 @@ use crate::core::Registry;
 use crate::storage::fs::FsBlobStore;
 use crate::storage::s3::S3BlobStore;
 use crate::storage::sql::SqlStore;
-use crate::storage::{BlobStore, MetadataStore};
+use crate::storage::{BlobStore, JobStore, MetadataStore};
 
 /// Open (and migrate) the metadata store named by the configuration.
 pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<SqlStore>> {
@@ -48,7 +48,9 @@ pub async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
 }
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let meta: Arc<dyn MetadataStore> = open_metadata(&config).await?;
+    let store = open_metadata(&config).await?;
+    let meta: Arc<dyn MetadataStore> = store.clone();
+    let jobs: Arc<dyn JobStore> = store;
     let blobs = open_blobs(&config).await?;
     let mode = AuthMode::parse(&config.server.auth).with_context(|| {
         format!(
@@ -103,7 +105,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let registry = Arc::new(
         Registry::new(blobs, meta, config.registry.clone())
             .with_catalog(config.catalog.clone())
-            .with_auth(auth),
+            .with_auth(auth)
+            .with_jobs(jobs.clone()),
     );
     let incoming = match &tls {
         Some((cert, key)) => crate::listener::Incoming::tls(listener, cert, key)?,
@@ -116,7 +119,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (gc_stop, gc_stop_rx) = tokio::sync::watch::channel(false);
     let indexer = tokio::spawn(crate::core::catalog::run_indexer(
         registry.clone(),
+        jobs,
         Duration::from_secs(config.catalog.index_interval_secs.max(1)),
+        Duration::from_secs(config.jobs.outbox_gap_timeout_secs),
         gc_stop_rx.clone(),
     ));
     let collector = (config.gc.interval_secs > 0)

@@ -18,13 +18,16 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::jobs::Backoff;
 use super::manifest::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 use super::names::{Digest, RepoName};
+use super::outbox::OutboxConsumer;
 use super::Registry;
 use crate::auth::{Action, Principal, Resource};
 use crate::error::{Error, Result};
 use crate::storage::catalog::{Cursor, EntryQuery, EntryRecord, LinkRecord, SortKey, Upserted};
-use crate::storage::now_ms;
+use crate::storage::jobs::{EventRecord, JobStore};
+use crate::storage::{now_ms, StoreErrorKind};
 
 /// `artifactType` of a VM disk image stored by the images API: an OCI image manifest with the
 /// empty config and one layer holding the disk bytes exactly as uploaded.
@@ -116,21 +119,25 @@ struct Derived {
 }
 
 impl Registry {
-    /// Read a small blob (an image config) whole; `None` when it is missing or too large.
-    async fn small_blob(&self, digest: &str, size: u64) -> Option<Vec<u8>> {
+    /// Read a small blob (an image config) whole; `None` when it is missing or too large. A
+    /// blob store that fails is an error (the indexer tries again), not a missing blob.
+    async fn small_blob(&self, digest: &str, size: u64) -> Result<Option<Vec<u8>>> {
         if size > MAX_CONFIG_BYTES {
-            return None;
+            return Ok(None);
         }
-        let d = Digest::parse(digest).ok()?;
-        let mut stream = self.blobs.get(&d, None).await.ok()?;
+        let Ok(d) = Digest::parse(digest) else { return Ok(None) };
+        if self.blobs.stat(&d).await?.is_none() {
+            return Ok(None);
+        }
+        let mut stream = self.blobs.get(&d, None).await?;
         let mut out = BytesMut::new();
         while let Some(chunk) = stream.next().await {
-            out.extend_from_slice(&chunk.ok()?);
+            out.extend_from_slice(&chunk.map_err(crate::storage::StoreError::from)?);
             if out.len() as u64 > MAX_CONFIG_BYTES {
-                return None;
+                return Ok(None);
             }
         }
-        Some(out.to_vec())
+        Ok(Some(out.to_vec()))
     }
 
     /// Total bytes of an image manifest: itself, its config and its layers.
@@ -178,7 +185,7 @@ impl Registry {
                 }
                 // Children's own layers count too, when the registry holds them.
                 if let Some(child) = text(c, "digest") {
-                    if let Ok(Some(rec)) = self.meta.manifest_by_digest(repo, &child, true).await {
+                    if let Some(rec) = self.meta.manifest_by_digest(repo, &child, true).await? {
                         if let Ok(cm) = serde_json::from_slice::<Value>(&rec.content) {
                             size = size.saturating_add(Self::image_size(&cm, 0));
                         }
@@ -229,7 +236,7 @@ impl Registry {
                     }
                 }
                 let digest = text(&config, "digest").unwrap_or_default();
-                let package = match self.small_blob(&digest, desc_size(&config)).await {
+                let package = match self.small_blob(&digest, desc_size(&config)).await? {
                     Some(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
                     None => Value::Null,
                 };
@@ -239,7 +246,7 @@ impl Registry {
                 d.kind = "helm-chart";
                 if let Some(bytes) = self
                     .small_blob(&text(&config, "digest").unwrap_or_default(), desc_size(&config))
-                    .await
+                    .await?
                 {
                     if let Ok(chart) = serde_json::from_slice::<Value>(&bytes) {
                         d.details.insert("chart".into(), chart);
@@ -249,7 +256,7 @@ impl Registry {
             (None, Some(OCI_CONFIG | DOCKER_CONFIG)) => {
                 d.kind = "container-image";
                 let digest = text(&config, "digest").unwrap_or_default();
-                if let Some(bytes) = self.small_blob(&digest, desc_size(&config)).await {
+                if let Some(bytes) = self.small_blob(&digest, desc_size(&config)).await? {
                     if let Ok(c) = serde_json::from_slice::<Value>(&bytes) {
                         d.os = text(&c, "os");
                         d.architecture = text(&c, "architecture");
@@ -362,52 +369,41 @@ impl Registry {
         }
     }
 
-    /// Registry events the catalog indexer has not applied yet (counted up to 10,000).
+    /// Registry events after the catalog indexer's stored cursor (counted up to 10,000): what
+    /// it has not applied yet, plus, while it waits on a gap, what it applied above the gap.
+    /// Zero when the registry was given no job store.
     pub async fn indexer_lag(&self) -> Result<u64> {
-        let cursor = self
-            .meta
-            .setting(INDEX_CURSOR)
-            .await?
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0);
-        Ok(self.meta.events_after(cursor, 10_000).await?.len() as u64)
+        let Some(jobs) = &self.jobs else { return Ok(0) };
+        let cursor = jobs.cursor_get(INDEXER).await?.unwrap_or(0);
+        Ok(jobs.events_after(cursor, 10_000).await?.len() as u64)
     }
 
-    /// Apply registry events after the stored cursor to the catalog; returns how many.
-    pub async fn index_events(&self) -> Result<usize> {
-        let cursor = self
-            .meta
-            .setting(INDEX_CURSOR)
-            .await?
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0);
-        let events = self.meta.events_after(cursor, 500).await?;
-        let mut done = cursor;
+    /// Apply the registry events `consumer` has not handled yet to the catalog; returns how
+    /// many it handled. A store failure that may pass (transient, or a full disk) ends the
+    /// round before the event it hit, so that event comes again (and the ones after it); an
+    /// event that cannot be indexed for any other reason is reported and passed over.
+    pub async fn index_events(&self, consumer: &mut OutboxConsumer) -> Result<usize> {
+        let events = consumer.poll().await?;
+        let mut handled = 0;
         for e in &events {
             match self.index_event(e).await {
                 Ok(()) => {}
-                Err(Error::Storage(err)) => {
-                    // The store failed (most likely for a moment): keep the cursor before this
-                    // event, so that the next round indexes it again.
-                    if done > cursor {
-                        self.meta.setting_advance(INDEX_CURSOR, done).await?;
-                    }
+                Err(Error::Storage(err)) if matches!(err.kind(), StoreErrorKind::Transient | StoreErrorKind::Full) => {
+                    consumer.commit().await?;
                     return Err(Error::Storage(err));
                 }
                 Err(err) => {
-                    // Something about this event's content cannot be indexed: say so, go on.
                     tracing::warn!(event = e.id, kind = %e.kind, repository = %e.repository, error = %err, "catalog indexing of an event failed");
                 }
             }
-            done = e.id;
+            consumer.ack(e.id);
+            handled += 1;
         }
-        if done > cursor {
-            self.meta.setting_advance(INDEX_CURSOR, done).await?;
-        }
-        Ok(events.len())
+        consumer.commit().await?;
+        Ok(handled)
     }
 
-    async fn index_event(&self, e: &crate::storage::catalog::EventRecord) -> Result<()> {
+    async fn index_event(&self, e: &EventRecord) -> Result<()> {
         match (e.kind.as_str(), &e.tag, &e.digest) {
             ("manifest.push" | "tag.delete", Some(tag), _) => self.reindex_tag(&e.repository, tag).await.map(|_| ()),
             ("manifest.delete", _, Some(digest)) => {
@@ -589,26 +585,41 @@ impl Registry {
     }
 }
 
-/// The settings row holding the last event the catalog indexer applied.
-const INDEX_CURSOR: &str = "catalog.indexed_event";
+/// The catalog indexer's outbox consumer (its row in `outbox_cursors`).
+pub const INDEXER: &str = "catalog-indexer";
 
 /// Follow the event outbox until `stop`: at once when this process changed the registry
 /// (`Registry::events` is notified), and every `every` for changes made by other replicas.
-pub async fn run_indexer(reg: Arc<Registry>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Store failures are retried with a capped exponential delay; no event is skipped for them.
+pub async fn run_indexer(
+    reg: Arc<Registry>,
+    jobs: Arc<dyn JobStore>,
+    every: Duration,
+    gap_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut consumer = OutboxConsumer::new(jobs, INDEXER, gap_timeout);
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+    let mut failures = 0u32;
     loop {
-        loop {
-            match reg.index_events().await {
-                Ok(0) => break,
-                Ok(_) => continue,
+        let wait = loop {
+            match reg.index_events(&mut consumer).await {
+                Ok(0) => {
+                    failures = 0;
+                    break every;
+                }
+                Ok(_) => failures = 0,
                 Err(e) => {
-                    tracing::warn!(error = %e, "catalog indexing failed");
-                    break;
+                    failures = failures.saturating_add(1);
+                    let wait = backoff.delay(failures).max(Duration::from_millis(50));
+                    tracing::warn!(error = %e, failures, retry_in = ?wait, "catalog indexing failed");
+                    break wait;
                 }
             }
-        }
+        };
         tokio::select! {
-            () = reg.events.notified() => {}
-            () = tokio::time::sleep(every) => {}
+            () = reg.events.notified(), if failures == 0 => {}
+            () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

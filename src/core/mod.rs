@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod jobs;
 /// The OCI vocabulary, re-exported where core code has always found it.
 pub use crate::oci::{manifest, names};
+pub mod outbox;
 pub mod package;
 pub mod uploads;
 
@@ -19,7 +20,7 @@ use serde_json::{json, Value};
 use crate::config::RegistryConfig;
 use crate::error::{Error, Result};
 use crate::storage::meta::{NewManifest, PutOutcome};
-use crate::storage::{BlobStore, MetadataStore};
+use crate::storage::{BlobStore, JobStore, MetadataStore};
 pub use manifest::ParsedManifest;
 use names::{Digest, Reference, RepoName};
 
@@ -35,6 +36,8 @@ pub struct Registry {
     pub auth: Arc<crate::auth::Auth>,
     /// Woken after this process changed what the registry holds (the catalog indexer waits).
     pub events: tokio::sync::Notify,
+    /// Jobs, leases and outbox cursors (the catalog indexer's lag is read through it).
+    pub jobs: Option<Arc<dyn JobStore>>,
 }
 
 /// A manifest as served.
@@ -67,7 +70,14 @@ impl Registry {
             catalog: crate::config::CatalogConfig::default(),
             auth: Arc::new(crate::auth::Auth::none()),
             events: tokio::sync::Notify::new(),
+            jobs: None,
         }
+    }
+
+    /// The same registry with job store `jobs`.
+    pub fn with_jobs(mut self, jobs: Arc<dyn JobStore>) -> Self {
+        self.jobs = Some(jobs);
+        self
     }
 
     /// The same registry with catalog settings `catalog`.

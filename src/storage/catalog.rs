@@ -106,16 +106,6 @@ pub struct LinkRecord {
     pub path: Option<String>,
 }
 
-/// A registry event from the outbox, for indexers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventRecord {
-    pub id: i64,
-    pub kind: String,
-    pub repository: String,
-    pub digest: Option<String>,
-    pub tag: Option<String>,
-}
-
 /// A resumable VM image upload: where it goes and what the uploader said (JSON).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageUploadRecord {
@@ -168,9 +158,4 @@ pub trait CatalogStore: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> Result<Vec<(String, String, String, i64)>, StoreError>;
-    /// Registry events after `after`, oldest first, at most `limit`.
-    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
-    /// Set a shared setting (e.g. an indexer's cursor) if `value` is greater than the stored one
-    /// as a number (or none is stored).
-    async fn setting_advance(&self, name: &str, value: i64) -> Result<(), StoreError>;
 }

@@ -1,4 +1,4 @@
-//! [`CatalogStore`] on the SQL databases: entries, labels, links, and the event feed.
+//! [`CatalogStore`] on the SQL databases: entries, labels, links.
 
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
@@ -6,7 +6,7 @@ use sqlx::{Any, Row, Transaction};
 
 use super::{long_text, SqlStore};
 use crate::storage::catalog::{
-    CatalogStore, Cursor, EntryQuery, EntryRecord, EventRecord, ImageUploadRecord, LinkRecord, SortKey, Upserted,
+    CatalogStore, Cursor, EntryQuery, EntryRecord, ImageUploadRecord, LinkRecord, SortKey, Upserted,
 };
 use crate::storage::StoreError;
 
@@ -579,46 +579,5 @@ impl CatalogStore for SqlStore {
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
             .collect()
-    }
-
-    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
-        let rows = sqlx::query(&self.q(&format!(
-            "SELECT id, kind, repository, digest, tag FROM events WHERE id > ? ORDER BY id LIMIT {}",
-            limit.clamp(1, 10_000)
-        )))
-        .bind(after)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(EventRecord {
-                    id: r.try_get(0)?,
-                    kind: r.try_get(1)?,
-                    repository: r.try_get(2)?,
-                    digest: r.try_get(3)?,
-                    tag: r.try_get(4)?,
-                })
-            })
-            .collect()
-    }
-
-    async fn setting_advance(&self, name: &str, value: i64) -> Result<(), StoreError> {
-        let text = value.to_string();
-        let ins = self.dialect.insert_ignore("settings (name, value) VALUES (?, ?)");
-        sqlx::query(&self.q(&ins))
-            .bind(name)
-            .bind(text.as_str())
-            .execute(&self.write)
-            .await?;
-        let cast = self.dialect.integer_type();
-        sqlx::query(&self.q(&format!(
-            "UPDATE settings SET value = ? WHERE name = ? AND CAST(value AS {cast}) < ?"
-        )))
-        .bind(text.as_str())
-        .bind(name)
-        .bind(value)
-        .execute(&self.write)
-        .await?;
-        Ok(())
     }
 }
