@@ -1,19 +1,23 @@
 //! Start-up: open the stores named by the configuration, apply migrations, serve HTTP, run the
 //! background maintenance, and shut down gracefully.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, AuthMode};
 use crate::config::Config;
+use crate::core::jobs::Leadership;
 use crate::core::Registry;
 use crate::storage::fs::FsBlobStore;
 use crate::storage::s3::S3BlobStore;
 use crate::storage::sql::SqlStore;
-use crate::storage::{BlobStore, JobStore, MetadataStore};
+use crate::storage::{now_ms, BlobStore, JobStore, MetadataStore};
 
 /// Open (and migrate) the metadata store named by the configuration.
 pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<SqlStore>> {
@@ -115,17 +119,52 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(listen = %local, scheme, auth = %config.server.auth, data_dir = %config.server.data_dir.display(), "image-manager serving");
 
-    let sweeper = tokio::spawn(sweep_uploads(registry.clone()));
-    let (gc_stop, gc_stop_rx) = tokio::sync::watch::channel(false);
+    // Background work. The indexer runs on every replica (re-deriving an entry is idempotent);
+    // the rest runs on one replica at a time, the one holding its cluster lease.
+    let owner = crate::core::jobs::replica_id();
+    let lease_ttl = Duration::from_secs(config.jobs.maintenance_lease_secs.max(1));
+    let leases = CancellationToken::new();
+    let mut keepers = Vec::new();
+    let lease = |name: &'static str| {
+        let (jobs, owner, leases) = (jobs.clone(), owner.clone(), leases.clone());
+        async move { Leadership::start(jobs, name, &owner, lease_ttl, leases).await }
+    };
+    let (bg_stop, bg_stop_rx) = watch::channel(false);
+    let mut loops = Vec::new();
+    let (sweep_lease, keeper) = lease("upload-sweep").await;
+    keepers.push(keeper);
+    loops.push(tokio::spawn(sweep_uploads(
+        registry.clone(),
+        sweep_lease,
+        bg_stop_rx.clone(),
+    )));
     let indexer = tokio::spawn(crate::core::catalog::run_indexer(
         registry.clone(),
-        jobs,
+        jobs.clone(),
         Duration::from_secs(config.catalog.index_interval_secs.max(1)),
         Duration::from_secs(config.jobs.outbox_gap_timeout_secs),
-        gc_stop_rx.clone(),
+        bg_stop_rx.clone(),
     ));
-    let collector = (config.gc.interval_secs > 0)
-        .then(|| tokio::spawn(collect_garbage(registry.clone(), config.gc.clone(), gc_stop_rx)));
+    if config.gc.interval_secs > 0 {
+        let (gc_lease, keeper) = lease("gc").await;
+        keepers.push(keeper);
+        loops.push(tokio::spawn(collect_garbage(
+            registry.clone(),
+            config.gc.clone(),
+            gc_lease,
+            bg_stop_rx.clone(),
+        )));
+    }
+    if config.jobs.prune_interval_secs > 0 {
+        let (prune_lease, keeper) = lease("outbox-prune").await;
+        keepers.push(keeper);
+        loops.push(tokio::spawn(prune_outbox(
+            jobs.clone(),
+            config.jobs.clone(),
+            prune_lease,
+            bg_stop_rx,
+        )));
+    }
     let app = crate::http::router(registry);
     let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
     let limits = crate::http::serve::Limits::from_config(&config.server);
@@ -140,83 +179,158 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         grace,
     )
     .await;
-    sweeper.abort();
     indexer.abort();
-    if let Some(mut collector) = collector {
-        // A collection in progress stops between two removals.
-        let _ = gc_stop.send(true);
-        if tokio::time::timeout(Duration::from_secs(10), &mut collector)
-            .await
-            .is_err()
-        {
-            collector.abort();
+    // A collection or sweep in progress stops between two removals; then the leases go, so
+    // another replica takes the work over at once.
+    let _ = bg_stop.send(true);
+    for mut task in loops {
+        if tokio::time::timeout(Duration::from_secs(10), &mut task).await.is_err() {
+            task.abort();
         }
+    }
+    leases.cancel();
+    for task in keepers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     Ok(())
 }
 
-/// Collect garbage every `gc.interval_secs` until `stop` turns true.
-async fn collect_garbage(
-    registry: Arc<Registry>,
-    gc: crate::config::GcConfig,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let every = Duration::from_secs(gc.interval_secs.max(1));
-    let opts = crate::core::gc::GcOptions::from_config(&gc);
+/// Every `every` (the first time after `first`), run `work` if this replica holds `lease`,
+/// until `stop` turns true. Each run gets a stop signal of its own, raised on shutdown and when
+/// the lease is lost while it runs.
+async fn on_lease_holder<F, Fut>(
+    lease: Leadership,
+    first: Duration,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+    mut work: F,
+) where
+    F: FnMut(watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut wait = first;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let run = crate::core::gc::collect(&*registry.meta, &*registry.blobs, &opts, Some(&stop)).await;
-        let m = crate::metrics::metrics();
-        let outcome = if run.is_ok() { "ok" } else { "error" };
-        m.gc_runs
-            .get_or_create(&crate::metrics::OutcomeLabels { outcome })
-            .inc();
-        if let Ok(r) = &run {
-            m.gc_reclaimed_bytes.inc_by(r.blob_bytes + r.manifest_bytes);
+        wait = every;
+        if !lease.is_held() {
+            tracing::debug!(lease = lease.name(), "another replica holds the lease of this work");
+            continue;
         }
-        match run {
-            Ok(r) => tracing::info!(
-                manifests = r.manifests,
-                manifest_bytes = r.manifest_bytes,
-                blobs = r.blobs,
-                blob_bytes = r.blob_bytes,
-                manifest_links = r.manifest_links,
-                blob_links = r.blob_links,
-                kept = r.kept,
-                conflicts = r.conflicts,
-                "garbage collection: {}",
-                r.summary()
-            ),
-            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        let (run_stop, run_stop_rx) = watch::channel(false);
+        let mut held = lease.subscribe();
+        let run = work(run_stop_rx);
+        tokio::pin!(run);
+        tokio::select! {
+            () = &mut run => continue,
+            _ = stop.wait_for(|s| *s) => {}
+            _ = held.wait_for(|h| !*h) => {
+                tracing::warn!(lease = lease.name(), "cluster lease lost: stopping this run");
+            }
         }
+        let _ = run_stop.send(true);
+        run.await;
     }
 }
 
-/// Periodically remove upload sessions that were abandoned.
-async fn sweep_uploads(registry: Arc<Registry>) {
+/// Collect garbage every `gc.interval_secs` (on the replica holding the `gc` lease) until
+/// `stop` turns true.
+async fn collect_garbage(
+    registry: Arc<Registry>,
+    gc: crate::config::GcConfig,
+    lease: Leadership,
+    stop: watch::Receiver<bool>,
+) {
+    let every = Duration::from_secs(gc.interval_secs.max(1));
+    let opts = crate::core::gc::GcOptions::from_config(&gc);
+    on_lease_holder(lease, every, every, stop, |run_stop| {
+        let registry = registry.clone();
+        async move {
+            let run = crate::core::gc::collect(&*registry.meta, &*registry.blobs, &opts, Some(&run_stop)).await;
+            let m = crate::metrics::metrics();
+            let outcome = if run.is_ok() { "ok" } else { "error" };
+            m.gc_runs
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+                .inc();
+            if let Ok(r) = &run {
+                m.gc_reclaimed_bytes.inc_by(r.blob_bytes + r.manifest_bytes);
+            }
+            match run {
+                Ok(r) => tracing::info!(
+                    manifests = r.manifests,
+                    manifest_bytes = r.manifest_bytes,
+                    blobs = r.blobs,
+                    blob_bytes = r.blob_bytes,
+                    manifest_links = r.manifest_links,
+                    blob_links = r.blob_links,
+                    kept = r.kept,
+                    conflicts = r.conflicts,
+                    "garbage collection: {}",
+                    r.summary()
+                ),
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            }
+        }
+    })
+    .await;
+}
+
+/// Remove upload sessions that were abandoned, at start-up and then periodically (on the
+/// replica holding the `upload-sweep` lease).
+async fn sweep_uploads(registry: Arc<Registry>, lease: Leadership, stop: watch::Receiver<bool>) {
     let every = Duration::from_secs(registry.config.upload_sweep_interval_secs.max(1));
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        match registry.expire_uploads().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(count = n, "removed expired upload sessions"),
-            Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
+    on_lease_holder(lease, Duration::ZERO, every, stop, |_| {
+        let registry = registry.clone();
+        async move {
+            match registry.expire_uploads().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(count = n, "removed expired upload sessions"),
+                Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
+            }
+            match registry.sweep_orphaned_uploads().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(count = n, "removed orphaned upload data"),
+                Err(e) => tracing::warn!(error = %e, "orphaned upload sweep failed"),
+            }
+            match registry.expire_image_uploads().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(count = n, "removed expired VM image upload sessions"),
+                Err(e) => tracing::warn!(error = %e, "VM image upload expiry failed"),
+            }
         }
-        match registry.sweep_orphaned_uploads().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(count = n, "removed orphaned upload data"),
-            Err(e) => tracing::warn!(error = %e, "orphaned upload sweep failed"),
+    })
+    .await;
+}
+
+/// Prune the events outbox and done jobs every `jobs.prune_interval_secs` (on the replica
+/// holding the `outbox-prune` lease).
+async fn prune_outbox(
+    jobs: Arc<dyn JobStore>,
+    config: crate::config::JobsConfig,
+    lease: Leadership,
+    stop: watch::Receiver<bool>,
+) {
+    let every = Duration::from_secs(config.prune_interval_secs.max(1));
+    on_lease_holder(lease, every, every, stop, |_| {
+        let jobs = jobs.clone();
+        let done_before = now_ms().saturating_sub(config.done_retention_secs.saturating_mul(1000) as i64);
+        async move {
+            match crate::core::outbox::prune(&*jobs, config.event_retention, done_before).await {
+                Ok(p) if p.events + p.jobs > 0 => {
+                    tracing::info!(
+                        events = p.events,
+                        jobs = p.jobs,
+                        "pruned the events outbox and done jobs"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning the events outbox failed"),
+            }
         }
-        match registry.expire_image_uploads().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(count = n, "removed expired VM image upload sessions"),
-            Err(e) => tracing::warn!(error = %e, "VM image upload expiry failed"),
-        }
-    }
+    })
+    .await;
 }
 
 async fn shutdown_signal() {
