@@ -260,7 +260,7 @@ impl Default for JobsConfig {
             retry_base_ms: 1000,
             retry_max_secs: 600,
             shutdown_grace_secs: 20,
-            maintenance_lease_secs: 60,
+            maintenance_lease_secs: 15,
             outbox_gap_timeout_secs: 10,
             event_retention: 100_000,
             prune_interval_secs: 3600,
