@@ -903,7 +903,7 @@ async fn the_catalog_indexer_follows_the_outbox(backend: Backend) {
     let store = db.store().await;
     let dir = tempfile::tempdir().expect("temporary directory");
     let blobs = Arc::new(FsBlobStore::open(dir.path(), false).expect("blob store"));
-    let reg = Registry::new(blobs, store.clone(), Default::default());
+    let reg = Registry::new(blobs, store.clone(), Default::default()).with_jobs(store.clone());
     let repo = RepoName::parse("onap/app").expect("name");
     let config = br#"{"architecture":"arm64","os":"linux"}"#;
     let cd = image_manager::core::names::Digest::sha256(config);
@@ -927,6 +927,10 @@ async fn the_catalog_indexer_follows_the_outbox(backend: Backend) {
         .await
         .expect("push");
     }
+    assert!(
+        reg.indexer_lag().await.expect("lag") >= 3,
+        "blob push and two tags not indexed yet"
+    );
     let mut consumer = OutboxConsumer::new(
         store.clone(),
         image_manager::core::catalog::INDEXER,
@@ -962,6 +966,7 @@ async fn the_catalog_indexer_follows_the_outbox(backend: Backend) {
             .expect("cursor"),
         last
     );
+    assert_eq!(reg.indexer_lag().await.expect("lag"), 0);
     // A restarted indexer starts from the stored cursor: nothing to do.
     let mut restarted = OutboxConsumer::new(
         store.clone(),
