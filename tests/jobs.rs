@@ -975,3 +975,39 @@ async fn the_catalog_indexer_follows_the_outbox(backend: Backend) {
     );
     assert_eq!(reg.index_events(&mut restarted).await.expect("indexing"), 0);
 }
+
+// ----- metrics --------------------------------------------------------------------------------
+
+/// `/metrics` shows each queue's depth and the age of its oldest ready job, read at scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_depth_and_age_reach_the_metrics() {
+    use image_manager::core::Registry;
+    use image_manager::storage::fs::FsBlobStore;
+
+    let db = TestDb::create(Backend::Sqlite).await;
+    let store = db.store().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let blobs = Arc::new(FsBlobStore::open(dir.path(), false).expect("blob store"));
+    let reg = Registry::new(blobs, store.clone(), Default::default()).with_jobs(store.clone());
+    for _ in 0..3 {
+        let mut j = job("metrics-q", "noop", 3);
+        j.run_at = image_manager::storage::now_ms() - 5_000;
+        store.enqueue(&j).await.expect("enqueue");
+    }
+    reg.observe_state().await;
+    let text = image_manager::metrics::metrics().encode();
+    assert!(
+        text.contains(r#"image_manager_job_queue_depth{queue="metrics-q"} 3"#),
+        "{text}"
+    );
+    let age_line = text
+        .lines()
+        .find(|l| l.starts_with(r#"image_manager_job_queue_oldest_seconds{queue="metrics-q"}"#))
+        .expect("the oldest-age gauge");
+    let age: i64 = age_line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
+    assert!(age >= 5, "{age_line}");
+}

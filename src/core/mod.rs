@@ -101,6 +101,21 @@ impl Registry {
             }
             Err(e) => tracing::debug!(error = %e, "reading the catalog indexer's lag"),
         }
+        if let Some(jobs) = &self.jobs {
+            match jobs.queue_stats().await {
+                Ok(stats) => {
+                    for q in stats {
+                        let labels = crate::metrics::QueueLabels { queue: q.queue };
+                        let depth = q.queued.saturating_add(q.running).min(i64::MAX as u64) as i64;
+                        m.job_queue_depth.get_or_create(&labels).set(depth);
+                        m.job_queue_oldest_seconds
+                            .get_or_create(&labels)
+                            .set(q.oldest_ready_age_ms / 1000);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "reading the job queues"),
+            }
+        }
     }
 
     /// The quota of namespace `ns`: its own, else the configured default (0: none).
