@@ -87,6 +87,53 @@ impl Action {
     }
 }
 
+/// One item of a Docker token `scope` parameter, as the token endpoint understands it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeItem {
+    /// `repository:NAME:ACTIONS`: the actions asked for, in the order written, `*` expanded to
+    /// pull, push and delete, unknown actions dropped, repeats kept (granting filters them).
+    Repository { repo: RepoName, actions: Vec<Action> },
+    /// `registry:catalog:ACTIONS` (the actions are not looked at).
+    Catalog,
+}
+
+/// The items of one scope string: separated by spaces, empty ones skipped.
+fn scope_items(scope: &str) -> impl Iterator<Item = &str> {
+    scope.split(' ').filter(|s| !s.is_empty())
+}
+
+/// Parses one `type:name:actions` item. The name is what lies between the first and the last
+/// `:`; anything but a valid repository or the registry catalog is refused.
+pub fn parse_scope_item(item: &str) -> Result<ScopeItem> {
+    let (kind, rest) = item
+        .split_once(':')
+        .ok_or_else(|| Error::BadRequest(format!("invalid scope {item:?}")))?;
+    let (name, actions) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| Error::BadRequest(format!("invalid scope {item:?}")))?;
+    match kind {
+        "repository" => {
+            let repo = RepoName::parse(name)?;
+            let mut wanted = Vec::new();
+            for a in actions.split(',') {
+                match a {
+                    "*" => wanted.extend([Action::Pull, Action::Push, Action::Delete]),
+                    other => wanted.extend(Action::parse(other)),
+                }
+            }
+            Ok(ScopeItem::Repository { repo, actions: wanted })
+        }
+        "registry" if name == "catalog" => Ok(ScopeItem::Catalog),
+        _ => Err(Error::BadRequest(format!("unsupported scope {item:?}"))),
+    }
+}
+
+/// Parses a whole scope string (space-separated items; Docker clients send one `scope`
+/// parameter per item or several items in one): every item, or the first one refused.
+pub fn parse_scope(scope: &str) -> Result<Vec<ScopeItem>> {
+    scope_items(scope).map(parse_scope_item).collect()
+}
+
 /// A role in a namespace; each includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -724,29 +771,17 @@ impl Auth {
     /// Items this server does not understand are refused, not ignored.
     pub async fn grant(&self, meta: &dyn MetadataStore, p: &Principal, scopes: &[String]) -> Result<Vec<Access>> {
         let mut out: Vec<Access> = Vec::new();
-        for item in scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
-            let (kind, rest) = item
-                .split_once(':')
-                .ok_or_else(|| Error::BadRequest(format!("invalid scope {item:?}")))?;
-            let (name, actions) = rest
-                .rsplit_once(':')
-                .ok_or_else(|| Error::BadRequest(format!("invalid scope {item:?}")))?;
-            match kind {
-                "repository" => {
-                    let repo = RepoName::parse(name)?;
+        // Item by item, so that an invalid item is reported only after the ones before it.
+        for item in scopes.iter().flat_map(|s| scope_items(s)) {
+            match parse_scope_item(item)? {
+                ScopeItem::Repository { repo, actions } => {
                     let mut granted = Vec::new();
-                    for a in actions.split(',') {
-                        let wanted: Vec<Action> = match a {
-                            "*" => vec![Action::Pull, Action::Push, Action::Delete],
-                            other => Action::parse(other).into_iter().collect(),
-                        };
-                        for w in wanted {
-                            if w != Action::Admin
-                                && self.allowed(meta, p, w, Resource::Namespace(repo.namespace())).await?
-                                && !granted.contains(&w.as_str().to_string())
-                            {
-                                granted.push(w.as_str().to_string());
-                            }
+                    for w in actions {
+                        if w != Action::Admin
+                            && self.allowed(meta, p, w, Resource::Namespace(repo.namespace())).await?
+                            && !granted.contains(&w.as_str().to_string())
+                        {
+                            granted.push(w.as_str().to_string());
                         }
                     }
                     out.push(Access {
@@ -755,7 +790,7 @@ impl Auth {
                         actions: granted,
                     });
                 }
-                "registry" if name == "catalog" => out.push(Access {
+                ScopeItem::Catalog => out.push(Access {
                     kind: "registry".into(),
                     name: "catalog".into(),
                     actions: if matches!(p, Principal::Anonymous) {
@@ -764,7 +799,6 @@ impl Auth {
                         vec!["*".into()]
                     },
                 }),
-                _ => return Err(Error::BadRequest(format!("unsupported scope {item:?}"))),
             }
         }
         Ok(out)
@@ -1145,5 +1179,31 @@ mod tests {
         let b = base64::engine::general_purpose::STANDARD.encode("robot$ci:a:b");
         assert_eq!(basic_credentials(&b).ok(), Some(("robot$ci".into(), "a:b".into())));
         assert!(basic_credentials("!!").is_err());
+    }
+
+    #[test]
+    fn scopes_parse_item_by_item() {
+        let repo = |n: &str, actions: Vec<Action>| ScopeItem::Repository {
+            repo: RepoName::parse(n).expect("name"),
+            actions,
+        };
+        assert_eq!(
+            parse_scope("repository:a/b:pull,push  registry:catalog:*").ok(),
+            Some(vec![repo("a/b", vec![Action::Pull, Action::Push]), ScopeItem::Catalog])
+        );
+        assert_eq!(
+            parse_scope("repository:a:*,pull,admin,bogus,").ok(),
+            Some(vec![repo(
+                "a",
+                vec![Action::Pull, Action::Push, Action::Delete, Action::Pull, Action::Admin]
+            )])
+        );
+        assert_eq!(parse_scope("repository:a:").ok(), Some(vec![repo("a", vec![])]));
+        assert_eq!(parse_scope(" ").ok(), Some(vec![]));
+        assert!(parse_scope("repository:a").is_err());
+        assert!(parse_scope("repository:A:pull").is_err());
+        assert!(parse_scope("registry:other:*").is_err());
+        assert!(parse_scope("repository:a:pull nothing").is_err());
+        assert!(parse_scope_item("user:a:pull").is_err());
     }
 }

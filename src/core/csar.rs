@@ -323,7 +323,12 @@ pub struct Package {
 
 /// Opens and validates the package at `path`.
 pub fn open(path: &Path, limits: &Limits) -> Result<Package, CsarError> {
-    let mut ar = Archive::open(path, limits)?;
+    open_reader(BufReader::new(File::open(path)?), limits)
+}
+
+/// Validates the package read from `reader` (a file, or the bytes in memory), as [`open`].
+pub fn open_reader<R: Read + Seek>(reader: R, limits: &Limits) -> Result<Package, CsarError> {
+    let mut ar = Archive::open(reader, limits)?;
 
     let layout = if ar.contains(TOSCA_META_PATH) {
         layout_from_tosca_meta(&mut ar, limits)?
@@ -447,7 +452,7 @@ pub fn with_entry<T, F>(path: &Path, name: &str, limits: &Limits, f: F) -> Resul
 where
     F: FnOnce(&mut dyn Read) -> io::Result<T>,
 {
-    let mut ar = Archive::open(path, limits)?;
+    let mut ar = Archive::open(BufReader::new(File::open(path)?), limits)?;
     ar.stream(name, f)
 }
 
@@ -494,19 +499,18 @@ pub fn parse_scalar_size(input: &str) -> Result<u64, String> {
 // ---------------------------------------------------------------------------------------------
 // Archive: a zip checked against hostile content, with bounded reads.
 
-struct Archive {
-    zip: ZipArchive<BufReader<File>>,
+struct Archive<R> {
+    zip: ZipArchive<R>,
     files: Vec<FileEntry>,
     /// File name -> (zip index, declared size).
     index: HashMap<String, (usize, u64)>,
 }
 
-impl Archive {
-    fn open(path: &Path, limits: &Limits) -> Result<Archive, CsarError> {
-        let mut file = File::open(path)?;
-        precheck_entry_count(&mut file, limits)?;
-        file.seek(SeekFrom::Start(0))?;
-        let mut zip = ZipArchive::new(BufReader::new(file)).map_err(|e| CsarError::NotZip(e.to_string()))?;
+impl<R: Read + Seek> Archive<R> {
+    fn open(mut reader: R, limits: &Limits) -> Result<Archive<R>, CsarError> {
+        precheck_entry_count(&mut reader, limits)?;
+        reader.seek(SeekFrom::Start(0))?;
+        let mut zip = ZipArchive::new(reader).map_err(|e| CsarError::NotZip(e.to_string()))?;
         if zip.offset() != 0 {
             return Err(CsarError::NotZip(format!(
                 "{} bytes of unexpected data precede the archive",
@@ -520,15 +524,8 @@ impl Archive {
             });
         }
         if zip.has_duplicate_names() {
-            let name = File::open(path)
-                .ok()
-                .and_then(|f| {
-                    find_duplicate_name(
-                        &mut BufReader::new(f),
-                        zip.central_directory_start(),
-                        limits.max_entries,
-                    )
-                })
+            let start = zip.central_directory_start();
+            let name = find_duplicate_name(&mut zip.into_inner(), start, limits.max_entries)
                 .unwrap_or_else(|| "<unknown>".to_string());
             return Err(CsarError::DuplicateEntry(name));
         }
@@ -763,7 +760,7 @@ const CDFH_SIG: u32 = 0x0201_4b50;
 /// Reads the entry count from the end-of-central-directory record before the zip crate loads the
 /// whole central directory into memory, so that an archive with millions of entries is refused
 /// cheaply. Best effort: anything it cannot make sense of is left to the zip crate.
-fn precheck_entry_count(file: &mut File, limits: &Limits) -> Result<(), CsarError> {
+fn precheck_entry_count<R: Read + Seek>(file: &mut R, limits: &Limits) -> Result<(), CsarError> {
     let len = file.seek(SeekFrom::End(0))?;
     let tail_len = len.min(22 + 0xFFFF);
     file.seek(SeekFrom::Start(len - tail_len))?;
@@ -1027,7 +1024,7 @@ fn apply_entry(layout: &mut Layout, key: EntryKey, raw_key: &str, value: &str) -
     Ok(())
 }
 
-fn check_layout(ar: &Archive, layout: &Layout) -> Result<(), CsarError> {
+fn check_layout<R: Read + Seek>(ar: &Archive<R>, layout: &Layout) -> Result<(), CsarError> {
     if !ar.contains(&layout.entry_definitions) {
         return Err(CsarError::MissingEntryDefinitions(layout.entry_definitions.clone()));
     }
@@ -1064,7 +1061,7 @@ fn check_layout(ar: &Archive, layout: &Layout) -> Result<(), CsarError> {
 }
 
 /// A root `.mf` named after the entry definitions file, else the only root `.mf`.
-fn default_manifest(ar: &Archive, entry_definitions: &str) -> Option<String> {
+fn default_manifest<R: Read + Seek>(ar: &Archive<R>, entry_definitions: &str) -> Option<String> {
     let file = entry_definitions.rsplit('/').next().unwrap_or(entry_definitions);
     let stem = file.rsplit_once('.').map_or(file, |(s, _)| s);
     let same_name = format!("{stem}.mf");
@@ -1083,7 +1080,7 @@ fn default_manifest(ar: &Archive, entry_definitions: &str) -> Option<String> {
     }
 }
 
-fn layout_from_tosca_meta(ar: &mut Archive, limits: &Limits) -> Result<Layout, CsarError> {
+fn layout_from_tosca_meta<R: Read + Seek>(ar: &mut Archive<R>, limits: &Limits) -> Result<Layout, CsarError> {
     let text = ar.read_text(TOSCA_META_PATH, limits)?;
     let blocks = parse_tosca_meta(&text)?;
     let first = blocks
@@ -1108,7 +1105,7 @@ fn layout_from_tosca_meta(ar: &mut Archive, limits: &Limits) -> Result<Layout, C
     Ok(layout)
 }
 
-fn layout_from_root_yaml(ar: &mut Archive, limits: &Limits) -> Result<Layout, CsarError> {
+fn layout_from_root_yaml<R: Read + Seek>(ar: &mut Archive<R>, limits: &Limits) -> Result<Layout, CsarError> {
     let roots: Vec<String> = ar
         .files
         .iter()
@@ -1392,7 +1389,7 @@ impl AnyHasher {
 
 /// Verifies the digest of every manifest entry inside the package, collecting all failures.
 /// Hostile-archive errors met while reading abort at once.
-fn verify_manifest(ar: &mut Archive, entries: &mut [ManifestEntry]) -> Result<(), CsarError> {
+fn verify_manifest<R: Read + Seek>(ar: &mut Archive<R>, entries: &mut [ManifestEntry]) -> Result<(), CsarError> {
     let mut failures = Vec::new();
     for e in entries.iter_mut() {
         if e.external {
@@ -1536,7 +1533,12 @@ fn size_value(node: &str, field: &str, v: Option<&Value>) -> Result<Option<u64>,
 
 /// Resolves an artifact `file` against the directory of the YAML that declares it. Returns the
 /// normalised zip path (or the URI unchanged) and whether it is an entry of the package.
-fn resolve_artifact(ar: &Archive, yaml_path: &str, node: &str, file: &str) -> Result<(String, bool), CsarError> {
+fn resolve_artifact<R: Read + Seek>(
+    ar: &Archive<R>,
+    yaml_path: &str,
+    node: &str,
+    file: &str,
+) -> Result<(String, bool), CsarError> {
     let file = file.trim();
     if is_uri(file) {
         return Ok((file.to_string(), false));
@@ -1563,7 +1565,7 @@ fn resolve_artifact(ar: &Archive, yaml_path: &str, node: &str, file: &str) -> Re
     Ok((p, false))
 }
 
-fn images_from_doc(doc: &Value, yaml_path: &str, ar: &Archive) -> Result<Vec<SwImage>, CsarError> {
+fn images_from_doc<R: Read + Seek>(doc: &Value, yaml_path: &str, ar: &Archive<R>) -> Result<Vec<SwImage>, CsarError> {
     let mut out = Vec::new();
     let Some(templates) = get(doc, "topology_template")
         .and_then(|t| get(t, "node_templates"))

@@ -829,7 +829,7 @@ pub async fn upload_status(
 fn chunk_position(headers: &HeaderMap) -> Result<(Option<u64>, Option<u64>), Problem> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if let Some(range) = text("content-range") {
-        let (start, len) = super::registry::parse_content_range(range)
+        let (start, len) = super::headers::parse_content_range(range)
             .map_err(|_| Problem(Error::BadRequest(format!("Content-Range {range:?}: START-END"))))?;
         return Ok((Some(start), Some(len)));
     }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod headers;
 pub mod openapi;
 pub mod registry;
 pub mod serve;
