@@ -9,12 +9,21 @@
 #   scripts/fuzz.sh [TARGET...]     all targets when none is named
 #   FUZZ_SECONDS=N                  seconds per target (default 20)
 #
-# Needs the nightly toolchain and cargo-fuzz (scripts/install-test-deps.sh installs both).
+# Needs the nightly toolchain and cargo-fuzz; installs them when missing.
 # Release build with debug assertions and overflow checks (-O -a); no sanitizer: the crate has
 # no unsafe code of its own, and without one the build is shorter and runs are faster.
 # Target directory: $CARGO_TARGET_DIR/fuzz when set (scripts/test.sh sets it), else fuzz/target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "installing the nightly Rust toolchain"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
 
 seconds=${FUZZ_SECONDS:-20}
 target_dir="${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/fuzz}"

@@ -2,8 +2,7 @@
 # Installs what the test suites need on a fresh machine of this kind (Debian, root):
 # skopeo, podman and buildah (tests/clients), qemu-img (test disk images) and openssl (test
 # certificates) from Debian, the Python test packages from PyPI (moto's S3 server and
-# schemathesis included), the oras CLI (scripts/install-tools.sh), and the nightly Rust toolchain
-# with cargo-fuzz (scripts/fuzz.sh).
+# schemathesis included), and the oras CLI (scripts/install-tools.sh).
 # The podman/buildah tests use vfs storage and chroot isolation, so as root they need nothing
 # beyond the packages' own dependencies (crun or runc, conmon, uidmap); run as another user,
 # podman and buildah also need a subordinate id range for that user in /etc/subuid and
@@ -46,12 +45,3 @@ fi
 # oras and cosign CLIs (static binaries from Debian trixie, unpacked into a cache folder).
 scripts/install-tools.sh >/dev/null
 
-# scripts/fuzz.sh: cargo-fuzz needs a nightly toolchain (libFuzzer's instrumentation flags).
-if ! cargo +nightly --version >/dev/null 2>&1; then
-  echo "installing the nightly Rust toolchain"
-  rustup toolchain install nightly --profile minimal
-fi
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "installing cargo-fuzz"
-  cargo install cargo-fuzz --locked
-fi

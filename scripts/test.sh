@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, checks formatting and lints, builds and runs the
-# Rust tests (unit + integration: the oci-client crate, the S3 store against moto), runs each fuzz
-# target of fuzz/ for a bounded time (scripts/fuzz.sh), then the
+# Rust tests (unit + integration: the oci-client crate, the S3 store against moto), then the
 # Python suites against real server processes:
 #   * once (they do not depend on the storage backend): spec-tests/ (OCI conformance) and
 #     tests/clients/ (skopeo, the ORAS SDK and CLI, podman, buildah), plus the tests of
@@ -48,8 +47,8 @@ step "cargo clippy" cargo clippy --all-targets -- -D warnings
 # `cargo test` also builds the server binary the Python suites run (with the same dependency
 # features as the tests, so nothing is compiled twice).
 step "cargo test" cargo test
-# Each fuzz target of fuzz/ for a bounded time from the committed seed corpus (FUZZ_SECONDS).
-step "fuzz (scripts/fuzz.sh)" scripts/fuzz.sh
+# The fuzz targets of fuzz/ are not run here yet: their nightly build costs about 27 min cold
+# on this machine kind, beyond the CI budget. scripts/fuzz.sh runs them (bounded, FUZZ_SECONDS).
 test -x "$IMAGE_MANAGER_BIN" || { echo "no server binary at $IMAGE_MANAGER_BIN" >&2; exit 1; }
 
 eval "$(python3 tests/pysupport/s3server.py start --bucket im-test)"
