@@ -341,6 +341,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 }
 
 impl<T: AsyncWrite + Unpin> Watched<T> {
+    /// Account for one write: progress resets the stall clock, a pending write runs it.
+    fn wrote(&mut self, polled: Poll<io::Result<usize>>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.write_stalled_since = None;
+                if matches!(r, Ok(n) if n > 0) {
+                    self.last_byte = Instant::now();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.stalled(cx).map(Err),
+        }
+    }
+
     fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let since = *self.write_stalled_since.get_or_insert_with(Instant::now);
         self.write_sleep.as_mut().reset(since + self.limits.body_idle);
@@ -354,16 +368,8 @@ impl<T: AsyncWrite + Unpin> Watched<T> {
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                this.write_stalled_since = None;
-                if matches!(r, Ok(n) if n > 0) {
-                    this.last_byte = Instant::now();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => this.stalled(cx).map(Err),
-        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(polled, cx)
     }
 
     fn poll_write_vectored(
@@ -372,16 +378,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                this.write_stalled_since = None;
-                if matches!(r, Ok(n) if n > 0) {
-                    this.last_byte = Instant::now();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => this.stalled(cx).map(Err),
-        }
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(polled, cx)
     }
 
     fn is_write_vectored(&self) -> bool {

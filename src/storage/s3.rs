@@ -485,24 +485,7 @@ impl Inner {
 
     /// Every key under `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let out = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| s3_error(&format!("listing {prefix}"), &e))?;
-            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
-            match (out.is_truncated(), out.next_continuation_token()) {
-                (Some(true), Some(next)) => token = Some(next.to_string()),
-                _ => return Ok(keys),
-            }
-        }
+        Ok(self.list_modified(prefix).await?.into_iter().map(|(k, _)| k).collect())
     }
 
     /// Keys under `prefix` with their last-modified times (ms since the epoch).
