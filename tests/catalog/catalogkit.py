@@ -265,14 +265,7 @@ def iso_image(label: str = "CIDATA", extra: bytes = b"") -> bytes:
 
 # ----- access control ------------------------------------------------------------------------
 
-def cli(srv, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run an image-manager account command against the server's store (created if needed)."""
-    if not srv._created:
-        for url in srv.databases:
-            imserver.create_database(url)
-        srv._created = True
-    cmd = [imserver.binary(), *args, "--data-dir", srv.data_dir, *srv.extra]
-    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+cli = imserver.cli
 
 
 def auth_server(env: dict | None = None) -> imserver.Server:

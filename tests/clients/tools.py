@@ -231,14 +231,7 @@ READER = ("viewer", "viewer-password-1")  # reader in NS: pull only
 VICTIM = ("victim", "victim-password-1")  # writer in NS whose password the tests get wrong
 
 
-def cli(srv: imserver.Server, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run an image-manager account command against the server's store (created if needed)."""
-    if not srv._created:
-        for url in srv.databases:
-            imserver.create_database(url)
-        srv._created = True
-    cmd = [imserver.binary(), *args, "--data-dir", srv.data_dir, *srv.extra]
-    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+cli = imserver.cli
 
 
 def api(srv: imserver.Server, method: str, path: str, auth=ADMIN, **kw) -> requests.Response:

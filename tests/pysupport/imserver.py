@@ -71,6 +71,17 @@ def poll(predicate, timeout: float = 30.0, what: str = "condition") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def cli(srv: "Server", *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run an image-manager command (accounts, GC) against `srv`'s store, creating its
+    databases first if the server has not started yet."""
+    if not srv._created:
+        for url in srv.databases:
+            create_database(url)
+        srv._created = True
+    cmd = [binary(), *args, "--data-dir", srv.data_dir, *srv.extra]
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+
+
 def digest(data: bytes) -> str:
     """The OCI digest (sha256) of `data`."""
     return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -32,14 +32,7 @@ MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 digest = imserver.digest
 
 
-def cli(srv: imserver.Server, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run an image-manager account command against the server's store (created if needed)."""
-    if not srv._created:
-        for url in srv.databases:
-            imserver.create_database(url)
-        srv._created = True
-    cmd = [imserver.binary(), *args, "--data-dir", srv.data_dir, *srv.extra]
-    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+cli = imserver.cli
 
 
 def new_server(env: dict | None = None) -> imserver.Server:
