@@ -62,6 +62,7 @@ pub struct Metrics {
     pub upload_writes_in_flight: Gauge,
     pub store_duration: Family<StoreLabels, Histogram>,
     pub store_errors: Family<StoreErrorLabels, Counter>,
+    pub store_read_bytes: Family<StoreLabels, Counter>,
     pub gc_runs: Family<OutcomeLabels, Counter>,
     pub gc_reclaimed_bytes: Counter,
     pub blob_free_bytes: Gauge,
@@ -124,6 +125,12 @@ impl Metrics {
             "Failed storage calls, by store, operation and kind",
             store_errors.clone(),
         );
+        let store_read_bytes = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "store_read_bytes",
+            "Bytes read from the blob store, by operation",
+            store_read_bytes.clone(),
+        );
         let gc_runs = Family::<OutcomeLabels, Counter>::default();
         registry.register("gc_runs", "Garbage collections run, by outcome", gc_runs.clone());
         let gc_reclaimed_bytes = Counter::default();
@@ -167,6 +174,7 @@ impl Metrics {
             upload_writes_in_flight,
             store_duration,
             store_errors,
+            store_read_bytes,
             gc_runs,
             gc_reclaimed_bytes,
             blob_free_bytes,

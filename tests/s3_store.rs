@@ -236,6 +236,19 @@ async fn chunked_upload_across_replicas() {
     // A prefix only.
     let head = collect(replica.upload_read(&id, 8 * MIB as u64 + 1).await.unwrap()).await;
     assert!(head == blob[..8 * MIB + 1]);
+    // Ranges of upload data, inside one segment and across segment boundaries.
+    for (start, len) in [
+        (0, 1),
+        (MIB - 1, 2),
+        (MIB + 5, 7 * MIB),
+        (8 * MIB, 3),
+        (8 * MIB + 1, 12 * MIB - 1),
+        (total - 1, 1),
+    ] {
+        let got = collect(replica.upload_read_range(&id, start as u64, len as u64).await.unwrap()).await;
+        assert!(got == blob[start..start + len], "upload range {start}+{len}");
+    }
+    assert!(replica.upload_read_range(&id, total as u64 - 1, 2).await.is_err());
 
     replica.upload_commit(&id, &digest).await.unwrap();
     let reader = moto.store("chunks", "pre/fix", false).await;

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use futures::Stream;
 use openssl::hash::{Hasher, MessageDigest};
 use serde_json::{json, Map, Value};
-use sha2::Digest as _;
 use tokio::sync::mpsc;
 
 use super::catalog::{
@@ -140,6 +139,14 @@ const SCAN_QUEUE: usize = 16;
 
 type HashResult<T> = std::result::Result<T, openssl::error::ErrorStack>;
 
+/// The catalog's answer to an image the inspector refused.
+fn refused(e: super::inspect::InspectError) -> Error {
+    Error::Refused {
+        reason: format!("the disk image was refused: {e}"),
+        problems: vec![e.to_string()],
+    }
+}
+
 /// sha512, md5 and the disk inspection on two threads, fed the same chunks.
 struct Scanner {
     taps: Taps,
@@ -190,10 +197,7 @@ impl Scanner {
         self.taps.close();
         match (self.sha512.await, self.md5.await) {
             (Ok(Ok(sha512)), Ok(Ok((md5, Ok(disk))))) => Ok(Scanned { sha512, md5, disk }),
-            (_, Ok(Ok((_, Err(e))))) => Err(Error::Refused {
-                reason: format!("the disk image was refused: {e}"),
-                problems: vec![e.to_string()],
-            }),
+            (_, Ok(Ok((_, Err(e))))) => Err(refused(e)),
             _ => Err(Error::Internal("a hashing thread failed".into())),
         }
     }
@@ -352,7 +356,7 @@ impl Registry {
                 "{repo}:{tag} exists: versions are immutable, upload under a new version"
             )));
         }
-        let session = self.start_upload(&repo).await?;
+        let session = self.start_upload_all_hashes(&repo).await?;
         let metadata = serde_json::to_string(meta).map_err(|e| Error::BadRequest(e.to_string()))?;
         self.meta
             .image_upload_add(&ImageUploadRecord {
@@ -566,9 +570,10 @@ impl Registry {
             .await
     }
 
-    /// Read the session's bytes back once for the inspection and the other two hashes (its
-    /// sha256 was kept with the session), then make them a blob; a refused image ends the
-    /// session.
+    /// Inspect the session's bytes and take its three hashes, then make them a blob; a refused
+    /// image ends the session. The session kept its hashes chunk by chunk, so the inspector
+    /// reads only the parts of the image it looks at (about 5 MiB at most); a session opened
+    /// before sessions kept sha512 and md5 is read back once in full.
     async fn scan_and_commit(
         &self,
         rec: &ImageUploadRecord,
@@ -579,11 +584,61 @@ impl Registry {
         if lease.size == 0 {
             return Err(Error::BadRequest("the upload is empty".into()));
         }
-        let mut data = self.leased_bytes(lease).await?;
         let limits = Limits {
             max_virtual_size: self.catalog.max_virtual_size_bytes,
         };
         self.claim_status(&rec.repository, &rec.tag, Some("validating")).await?;
+        let scanned = match lease.hash.sha512_md5() {
+            Some((sha512, md5)) => {
+                self.inspect_leased(lease, limits, declared)
+                    .await
+                    .map(|disk| Scanned { sha512, md5, disk })
+            }
+            None => self.scan_leased(lease, limits, declared).await,
+        };
+        let scanned = match scanned {
+            Ok(s) => s,
+            Err(e @ Error::Refused { .. }) => {
+                self.cancel_upload(repo, &lease.id).await?;
+                self.claim_status(&rec.repository, &rec.tag, None).await?;
+                self.meta.image_upload_delete(&lease.id).await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let digest = lease.hash.digest();
+        self.commit_leased(repo, lease, &digest).await?;
+        Ok((digest, lease.size, scanned))
+    }
+
+    /// Inspect a leased session's bytes, reading only the ranges the inspector keeps.
+    async fn inspect_leased(
+        &self,
+        lease: &SessionLease,
+        limits: Limits,
+        declared: Option<DiskFormat>,
+    ) -> Result<DiskInfo> {
+        let mut inspector = Inspector::new(limits);
+        while let Some(range) = inspector.wanted(lease.size) {
+            inspector.skip_to(range.start);
+            let mut bytes = self.leased_range(lease, range.start, range.end - range.start).await?;
+            while let Some(chunk) = futures::StreamExt::next(&mut bytes).await {
+                inspector.feed(&chunk.map_err(|e| Error::Storage(e.into()))?);
+            }
+            if inspector.bytes_seen() < range.end {
+                return Err(Error::Internal(format!(
+                    "upload data ended at byte {} of {}",
+                    inspector.bytes_seen(),
+                    lease.size
+                )));
+            }
+        }
+        inspector.finish(declared).map_err(refused)
+    }
+
+    /// Read a leased session's bytes back once for the inspection and the sha512 and md5.
+    async fn scan_leased(&self, lease: &SessionLease, limits: Limits, declared: Option<DiskFormat>) -> Result<Scanned> {
+        let mut data = self.leased_bytes(lease).await?;
         let mut scanner = Scanner::start(limits, declared);
         let mut read = Ok(());
         while let Some(chunk) = futures::StreamExt::next(&mut data).await {
@@ -601,18 +656,7 @@ impl Registry {
         }
         let scanned = scanner.finish().await;
         read?;
-        let scanned = match scanned {
-            Ok(s) => s,
-            Err(e) => {
-                self.cancel_upload(repo, &lease.id).await?;
-                self.claim_status(&rec.repository, &rec.tag, None).await?;
-                self.meta.image_upload_delete(&lease.id).await?;
-                return Err(e);
-            }
-        };
-        let digest = Digest::sha256_of_hex(&hex::encode(lease.hash.clone().finalize()));
-        self.commit_leased(repo, lease, &digest).await?;
-        Ok((digest, lease.size, scanned))
+        scanned
     }
 
     /// Abandon the session and its bytes.

@@ -275,6 +275,40 @@ impl Inspector {
         self.total
     }
 
+    /// For a caller with random access to an input of `size` bytes: the next range, from the
+    /// bytes fed so far on, whose bytes the inspector would keep (the prefix window, a pending
+    /// targeted capture, the tail), or `None` once it has seen everything it needs. Feeding
+    /// only these ranges (with [`Inspector::skip_to`] over the rest) gives the same verdict as
+    /// feeding every byte: nothing outside them is looked at.
+    pub fn wanted(&self, size: u64) -> Option<std::ops::Range<u64>> {
+        if self.total >= size {
+            return None;
+        }
+        if self.total < PREFIX_LEN as u64 {
+            return Some(self.total..size.min(PREFIX_LEN as u64));
+        }
+        let tail = size.saturating_sub(TAIL_LEN as u64).max(self.total)..size;
+        let capture = self
+            .captures
+            .iter()
+            .filter(|c| !c.complete())
+            .map(|c| c.start.saturating_add(c.data.len() as u64)..c.end().min(size))
+            .filter(|r| r.start >= self.total && r.start < r.end)
+            .min_by_key(|r| r.start);
+        match capture {
+            Some(c) if c.start < tail.start => Some(c),
+            _ => Some(tail),
+        }
+    }
+
+    /// Moves on to `offset` without being fed the bytes before it; only ever forward, and only
+    /// over bytes outside what [`Inspector::wanted`] names.
+    pub fn skip_to(&mut self, offset: u64) {
+        if offset > self.total && self.total >= PREFIX_LEN as u64 {
+            self.total = offset;
+        }
+    }
+
     /// Feeds the next chunk of the upload. Copies bytes only while they fall in the prefix window or in a
     /// pending targeted capture; always updates the (fixed-size) tail.
     pub fn feed(&mut self, chunk: &[u8]) {
@@ -2404,6 +2438,86 @@ mod tests {
         }
         assert!(outcome(inspect_bytes(&images[0], 1, None)).contains("Qcow2"));
         assert!(outcome(inspect_bytes(&images[4], 1, None)).contains("backing"));
+    }
+
+    /// Inspect `bytes` reading only the ranges [`Inspector::wanted`] names, in pieces of at
+    /// most `piece` bytes; returns the verdict and how many bytes were read.
+    fn inspect_sparse(
+        bytes: &[u8],
+        piece: usize,
+        declared: Option<DiskFormat>,
+    ) -> (Result<DiskInfo, InspectError>, u64) {
+        let mut i = Inspector::new(Limits::default());
+        let size = bytes.len() as u64;
+        let mut read = 0;
+        while let Some(r) = i.wanted(size) {
+            assert!(r.start >= i.bytes_seen() && r.start < r.end && r.end <= size, "{r:?}");
+            i.skip_to(r.start);
+            assert_eq!(i.bytes_seen(), r.start);
+            for c in bytes[r.start as usize..r.end as usize].chunks(piece) {
+                i.feed(c);
+                read += c.len() as u64;
+            }
+        }
+        (i.finish(declared), read)
+    }
+
+    #[test]
+    fn sparse_reading_gives_the_same_verdict() {
+        let d = tmp();
+        let mut big_raw = vec![0u8; 9 << 20];
+        big_raw[5 << 20] = 1;
+        let images: Vec<(&str, Vec<u8>)> = vec![
+            ("qcow2", read(&create(d.path(), "a.qcow2", "qcow2", &[], "1G"))),
+            (
+                "vmdk",
+                read(&create(
+                    d.path(),
+                    "b.vmdk",
+                    "vmdk",
+                    &["-o", "subformat=streamOptimized"],
+                    "1G",
+                )),
+            ),
+            ("vhd", read(&create(d.path(), "c.vhd", "vpc", &[], "1G"))),
+            (
+                "vhd fixed",
+                read(&create(d.path(), "c2.vhd", "vpc", &["-o", "subformat=fixed"], "8M")),
+            ),
+            ("vhdx", read(&create(d.path(), "e.vhdx", "vhdx", &[], "1G"))),
+            (
+                "vhdx captures",
+                read(&create(d.path(), "big.vhdx", "vhdx", &["-o", "log_size=8M"], "2G")),
+            ),
+            (
+                "backing",
+                read(&create(
+                    d.path(),
+                    "f.qcow2",
+                    "qcow2",
+                    &["-b", "a.qcow2", "-F", "qcow2"],
+                    "1G",
+                )),
+            ),
+            ("iso", make_iso(20, 2048)),
+            ("raw", big_raw),
+            ("tiny", vec![7u8; 100]),
+        ];
+        for (name, img) in &images {
+            let reference = outcome(inspect_bytes(img, 1 << 20, None));
+            for piece in [4093, 1 << 20] {
+                let (sparse, read) = inspect_sparse(img, piece, None);
+                assert_eq!(outcome(sparse), reference, "{name}, pieces of {piece}");
+                let bound = (PREFIX_LEN + TAIL_LEN + MAX_CAPTURE_BYTES) as u64;
+                assert!(read <= bound.min(img.len() as u64), "{name}: read {read} bytes");
+            }
+        }
+        // The raw image of 9 MiB is read at its first 4 MiB and its tail only.
+        assert_eq!(
+            inspect_sparse(&images[8].1, 1 << 20, None).1,
+            (PREFIX_LEN + TAIL_LEN) as u64
+        );
+        assert!(outcome(inspect_sparse(&images[6].1, 4096, None).0).contains("backing"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use sha2::{Digest as _, Sha256};
+use md5::Md5;
+use sha2::{Digest as _, Sha256, Sha512};
 
 use super::names::{Digest, RepoName};
 use super::Registry;
@@ -17,7 +18,7 @@ pub(crate) struct SessionLease {
     pub id: String,
     pub token: String,
     pub size: u64,
-    pub hash: Sha256,
+    pub hash: SessionHash,
     data: String,
 }
 
@@ -56,17 +57,77 @@ impl Cap {
     }
 }
 
-/// The running sha256 as text, to keep with the session.
-fn save_hash(h: &Sha256) -> String {
-    use sha2::digest::common::hazmat::SerializableState;
-    format!("sha256:{}", hex::encode(h.serialize()))
+/// The running hashes of an upload session, kept with it after every chunk so that whichever
+/// replica serves the next chunk continues where the last one ended, without reading anything
+/// back: always the sha256 (the blob's digest), and for a VM image upload also the sha512 and
+/// md5 that Glance compares (`os_hash_value`, `checksum`).
+#[derive(Clone)]
+pub(crate) struct SessionHash {
+    sha256: Sha256,
+    extra: Option<Box<(Sha512, Md5)>>,
 }
 
-fn restore_hash(s: &str) -> Option<Sha256> {
-    use sha2::digest::common::hazmat::{SerializableState, SerializedState};
-    let bytes = hex::decode(s.strip_prefix("sha256:")?).ok()?;
-    let state = SerializedState::<Sha256>::try_from(bytes.as_slice()).ok()?;
-    Sha256::deserialize(&state).ok()
+impl SessionHash {
+    /// Hashes for a new session; `all`: also sha512 and md5.
+    pub fn new(all: bool) -> Self {
+        SessionHash {
+            sha256: Sha256::new(),
+            extra: all.then(|| Box::new((Sha512::new(), Md5::new()))),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        if let Some(e) = &mut self.extra {
+            e.0.update(bytes);
+            e.1.update(bytes);
+        }
+    }
+
+    /// The digest of the bytes hashed so far.
+    pub fn digest(&self) -> Digest {
+        Digest::sha256_of_hex(&hex::encode(self.sha256.clone().finalize()))
+    }
+
+    /// The sha512 and md5 (hex) of the bytes hashed so far, when the session keeps them.
+    pub fn sha512_md5(&self) -> Option<(String, String)> {
+        let e = self.extra.as_ref()?;
+        Some((hex::encode(e.0.clone().finalize()), hex::encode(e.1.clone().finalize())))
+    }
+
+    /// As text, to keep with the session: `sha256:<state>` or
+    /// `sha256:<state>,sha512:<state>,md5:<state>` (each state in hex).
+    fn save(&self) -> String {
+        use sha2::digest::common::hazmat::SerializableState;
+        let mut s = format!("sha256:{}", hex::encode(self.sha256.serialize()));
+        if let Some(e) = &self.extra {
+            s.push_str(&format!(
+                ",sha512:{},md5:{}",
+                hex::encode(e.0.serialize()),
+                hex::encode(e.1.serialize())
+            ));
+        }
+        s
+    }
+
+    fn restore(s: &str) -> Option<Self> {
+        fn state<H: sha2::digest::common::hazmat::SerializableState>(hex_state: &str) -> Option<H> {
+            use sha2::digest::common::hazmat::SerializedState;
+            let bytes = hex::decode(hex_state).ok()?;
+            H::deserialize(&SerializedState::<H>::try_from(bytes.as_slice()).ok()?).ok()
+        }
+        let mut parts = s.split(',');
+        let sha256 = state::<Sha256>(parts.next()?.strip_prefix("sha256:")?)?;
+        let extra = match (parts.next(), parts.next(), parts.next()) {
+            (None, _, _) => None,
+            (Some(a), Some(b), None) => Some(Box::new((
+                state::<Sha512>(a.strip_prefix("sha512:")?)?,
+                state::<Md5>(b.strip_prefix("md5:")?)?,
+            ))),
+            _ => return None,
+        };
+        Some(SessionHash { sha256, extra })
+    }
 }
 
 /// A blob as served: its size and the bytes (all of them or the requested range).
@@ -197,6 +258,29 @@ impl Registry {
         Ok(UploadState { id, offset: 0 })
     }
 
+    /// Open an upload session that also keeps the sha512 and md5 of its bytes (a VM image's
+    /// resumable upload), so that its end reads nothing back for them.
+    pub(crate) async fn start_upload_all_hashes(&self, repo: &RepoName) -> Result<UploadState> {
+        let session = self.start_upload(repo).await?;
+        let lease = self.lease_session(repo, &session.id).await?;
+        let state = SessionHash::new(true).save();
+        let advance = UploadAdvance {
+            from: 0,
+            to: 0,
+            hash_state: &state,
+            data_id: &lease.data,
+            release: true,
+        };
+        let saved = self.meta.upload_advance(&session.id, &lease.token, &advance).await;
+        if !matches!(saved, Ok(true)) {
+            self.release_lease(&session.id, &lease.token).await;
+            self.cancel_upload(repo, &session.id).await?;
+            saved?;
+            return Err(lost_lease());
+        }
+        Ok(session)
+    }
+
     /// Mount `digest` from repository `from` into `repo`, or open an upload when that is not possible.
     pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Mount> {
         if let Some(from) = from {
@@ -320,12 +404,12 @@ impl Registry {
     }
 
     /// The data and running hash a new lease holder continues from.
-    async fn prepare_lease(&self, rec: &UploadRecord, token: &str, taken_over: bool) -> Result<(String, Sha256)> {
+    async fn prepare_lease(&self, rec: &UploadRecord, token: &str, taken_over: bool) -> Result<(String, SessionHash)> {
         let restored = match &rec.hash_state {
-            Some(state) => Some(restore_hash(state).ok_or_else(|| {
+            Some(state) => Some(SessionHash::restore(state).ok_or_else(|| {
                 Error::BlobUploadInvalid("the session's saved hash state is unreadable; start the upload again".into())
             })?),
-            None if rec.size == 0 => Some(Sha256::new()),
+            None if rec.size == 0 => Some(SessionHash::new(false)),
             None => None,
         };
         if !taken_over {
@@ -337,7 +421,7 @@ impl Registry {
         }
         let (fresh, rebuilt) = self.copy_upload_data(rec.data(), rec.size).await?;
         let hash = restored.unwrap_or(rebuilt);
-        let state = save_hash(&hash);
+        let state = hash.save();
         let moved = self
             .meta
             .upload_advance(
@@ -362,12 +446,13 @@ impl Registry {
         Ok((fresh, hash))
     }
 
-    /// Copy the first `len` bytes of upload data `from` to new data; returns its id and their hash.
-    async fn copy_upload_data(&self, from: &str, len: u64) -> Result<(String, Sha256)> {
+    /// Copy the first `len` bytes of upload data `from` to new data; returns its id and their
+    /// sha256.
+    async fn copy_upload_data(&self, from: &str, len: u64) -> Result<(String, SessionHash)> {
         let to = uuid::Uuid::new_v4().to_string();
         self.blobs.upload_create(&to).await?;
         let copied = async {
-            let mut hash = Sha256::new();
+            let mut hash = SessionHash::new(false);
             let mut writer = self.blobs.upload_writer(&to, 0).await?;
             let mut data = self.blobs.upload_read(from, len).await?;
             while let Some(chunk) = data.next().await {
@@ -428,12 +513,12 @@ impl Registry {
 
     /// The sha256 of the first `len` bytes of upload data (sessions from before hash states
     /// were saved).
-    async fn rebuild_hash(&self, data: &str, len: u64) -> Result<Sha256> {
-        let mut h = Sha256::new();
+    async fn rebuild_hash(&self, data: &str, len: u64) -> Result<SessionHash> {
+        let mut h = SessionHash::new(false);
         if len > 0 {
             let mut bytes = self.blobs.upload_read(data, len).await?;
             while let Some(chunk) = bytes.next().await {
-                h.update(chunk.map_err(crate::storage::StoreError::from)?);
+                h.update(&chunk.map_err(crate::storage::StoreError::from)?);
             }
         }
         Ok(h)
@@ -482,7 +567,7 @@ impl Registry {
                     )));
                 }
                 let new = offset + written;
-                let state = save_hash(&lease.hash);
+                let state = lease.hash.save();
                 let advance = UploadAdvance {
                     from: offset,
                     to: new,
@@ -515,7 +600,7 @@ impl Registry {
         &self,
         data: &str,
         offset: u64,
-        hasher: &mut Sha256,
+        hasher: &mut SessionHash,
         cap: &Cap,
         mut body: S,
     ) -> Result<u64>
@@ -574,7 +659,7 @@ impl Registry {
                 if let Some(body) = body {
                     size += self.write_body(&lease.data, size, &mut lease.hash, &cap, body).await?;
                 }
-                let actual = Digest::sha256_of_hex(&hex::encode(lease.hash.clone().finalize()));
+                let actual = lease.hash.digest();
                 if &actual != digest {
                     self.meta.upload_delete(id).await?;
                     self.drop_upload_data(&lease.data).await;
@@ -655,10 +740,10 @@ impl Registry {
         cap.check(len.unwrap_or(0))?;
         let id = uuid::Uuid::new_v4().to_string();
         self.blobs.upload_create(&id).await?;
-        let mut hasher = Sha256::new();
+        let mut hasher = SessionHash::new(false);
         let result: Result<()> = async {
             let size = self.write_body(&id, 0, &mut hasher, &cap, body).await?;
-            let actual = Digest::sha256_of_hex(&hex::encode(hasher.finalize()));
+            let actual = hasher.digest();
             if &actual != digest {
                 return Err(Error::DigestInvalid(format!(
                     "content has digest {actual}, not {digest}"
@@ -750,6 +835,16 @@ impl Registry {
     /// The acknowledged bytes of the session `lease` holds.
     pub(crate) async fn leased_bytes(&self, lease: &SessionLease) -> Result<crate::storage::ByteStream> {
         Ok(self.blobs.upload_read(&lease.data, lease.size).await?)
+    }
+
+    /// `len` bytes of a leased session's data from `offset` on.
+    pub(crate) async fn leased_range(
+        &self,
+        lease: &SessionLease,
+        offset: u64,
+        len: u64,
+    ) -> Result<crate::storage::ByteStream> {
+        Ok(self.blobs.upload_read_range(&lease.data, offset, len).await?)
     }
 
     pub async fn discard_staged(&self, staged: &StagedBlob) {

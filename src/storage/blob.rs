@@ -44,7 +44,12 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Start writing at `offset`; anything stored beyond it is discarded first.
     async fn upload_writer(&self, id: &str, offset: u64) -> Result<Box<dyn BlobWriter>, StoreError>;
     /// Read the first `len` bytes of upload data back (to rebuild a hash after a restart).
-    async fn upload_read(&self, id: &str, len: u64) -> Result<ByteStream, StoreError>;
+    async fn upload_read(&self, id: &str, len: u64) -> Result<ByteStream, StoreError> {
+        self.upload_read_range(id, 0, len).await
+    }
+    /// Read `len` bytes of upload data from `offset` on (the inspection of a finished upload
+    /// reads only the parts it keeps); the stream fails when the data is shorter.
+    async fn upload_read_range(&self, id: &str, offset: u64, len: u64) -> Result<ByteStream, StoreError>;
     /// Make the upload data durable and visible as the committed blob `digest`. When that blob
     /// is already stored, leave both as they are: the caller removes the upload data with
     /// [`BlobStore::upload_abort`] once metadata is committed.

@@ -223,9 +223,16 @@ impl BlobStore for FsBlobStore {
         }))
     }
 
-    async fn upload_read(&self, id: &str, len: u64) -> Result<ByteStream, StoreError> {
+    async fn upload_read_range(&self, id: &str, offset: u64, len: u64) -> Result<ByteStream, StoreError> {
         let path = self.upload_path(id)?;
-        let file = blocking(move || File::open(path)).await?;
+        let file = blocking(move || {
+            let mut f = File::open(path)?;
+            if offset > 0 {
+                f.seek(SeekFrom::Start(offset))?;
+            }
+            Ok(f)
+        })
+        .await?;
         Ok(stream_file(file, len))
     }
 

@@ -33,6 +33,23 @@ fn kind_label(k: StoreErrorKind) -> &'static str {
     }
 }
 
+/// A stream of `op` whose bytes are counted as they are read.
+async fn observe_stream(
+    op: &'static str,
+    call: impl Future<Output = Result<ByteStream, StoreError>>,
+) -> Result<ByteStream, StoreError> {
+    let stream = observe(op, call).await?;
+    let counter = metrics()
+        .store_read_bytes
+        .get_or_create(&StoreLabels { store: "blob", op })
+        .clone();
+    Ok(Box::pin(futures::StreamExt::inspect(stream, move |item| {
+        if let Ok(chunk) = item {
+            counter.inc_by(chunk.len() as u64);
+        }
+    })))
+}
+
 /// Run one call of `op`, timed, counted and in its own span.
 async fn observe<T>(op: &'static str, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
     let started = Instant::now();
@@ -59,7 +76,7 @@ impl BlobStore for InstrumentedBlobs {
         observe("stat", self.inner.stat(digest)).await
     }
     async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, StoreError> {
-        observe("get", self.inner.get(digest, range)).await
+        observe_stream("get", self.inner.get(digest, range)).await
     }
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
         observe("delete", self.inner.delete(digest)).await
@@ -75,7 +92,10 @@ impl BlobStore for InstrumentedBlobs {
         Ok(Box::new(InstrumentedWriter { inner }))
     }
     async fn upload_read(&self, id: &str, len: u64) -> Result<ByteStream, StoreError> {
-        observe("upload_read", self.inner.upload_read(id, len)).await
+        observe_stream("upload_read", self.inner.upload_read(id, len)).await
+    }
+    async fn upload_read_range(&self, id: &str, offset: u64, len: u64) -> Result<ByteStream, StoreError> {
+        observe_stream("upload_read_range", self.inner.upload_read_range(id, offset, len)).await
     }
     async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<(), StoreError> {
         observe("upload_commit", self.inner.upload_commit(id, digest)).await

@@ -534,14 +534,14 @@ impl Inner {
             .map(|_| ())
     }
 
-    /// A GET of the first `len` bytes of `key`.
-    async fn get_prefix(&self, key: &str, len: u64) -> Result<S3Body, StoreError> {
+    /// A GET of `len` (at least 1) bytes of `key` from `offset` on.
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<S3Body, StoreError> {
         let out = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
-            .range(format!("bytes=0-{}", len.saturating_sub(1)))
+            .range(format!("bytes={offset}-{}", offset + len.saturating_sub(1)))
             .send()
             .await
             .map_err(|e| s3_error(&format!("reading {key}"), &e))?;
@@ -775,29 +775,38 @@ impl BlobStore for S3BlobStore {
         }))
     }
 
-    async fn upload_read(&self, id: &str, len: u64) -> Result<ByteStream, StoreError> {
+    async fn upload_read_range(&self, id: &str, offset: u64, len: u64) -> Result<ByteStream, StoreError> {
         let (state, _) = self.inner.require_state(id).await?;
-        if state.size < len {
+        if state.size < offset.saturating_add(len) {
             return Err(StoreError::s3(
                 StoreErrorKind::Other,
-                format!("upload {id} holds {} bytes, fewer than the {len} asked for", state.size),
+                format!(
+                    "upload {id} holds {} bytes, fewer than the {len} asked for from {offset}",
+                    state.size
+                ),
             ));
         }
+        // (segment key, offset in it, bytes from it) for the segments the range covers
         let mut plan = Vec::new();
-        let mut left = len;
+        let (mut skip, mut left) = (offset, len);
         for seg in &state.segments {
             if left == 0 {
                 break;
             }
-            let take = seg.len.min(left);
-            plan.push((self.inner.segment_key(id, &seg.name)?, take));
+            if skip >= seg.len {
+                skip -= seg.len;
+                continue;
+            }
+            let take = (seg.len - skip).min(left);
+            plan.push((self.inner.segment_key(id, &seg.name)?, skip, take));
             left -= take;
+            skip = 0;
         }
         let inner = self.inner.clone();
         let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(2);
         tokio::spawn(async move {
-            for (key, take) in plan {
-                let mut body = match inner.get_prefix(&key, take).await {
+            for (key, from, take) in plan {
+                let mut body = match inner.get_range(&key, from, take).await {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
@@ -1031,7 +1040,7 @@ impl S3Writer {
         };
         if let Some(tail) = self.tail.take() {
             let key = self.inner.segment_key(&self.id, &tail.name)?;
-            let mut body = self.inner.get_prefix(&key, tail.len).await?;
+            let mut body = self.inner.get_range(&key, 0, tail.len).await?;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| body_error(&format!("reading {key}"), e))?;
                 staged.file.write_all(&chunk).await?;

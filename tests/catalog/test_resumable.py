@@ -133,3 +133,43 @@ def test_bad_requests_get_problems(srv, tmp_path):
     assert r.status_code == 201, r.text
     problem(requests.post(srv.url + "/api/v1/images/uploads", params={"name": "dup", "version": "1"}, timeout=30),
             409)
+
+
+def test_chunks_on_two_replicas_finish_without_reading_the_image_back(tmp_path):
+    """Every chunk's sha256, sha512 and md5 states are kept with the session, so chunks can land
+    on different replicas and the end reads back only what the disk inspector looks at (the
+    first 4 MiB and the last 1536 bytes of a qcow2), not the 24 MiB image."""
+    data = qcow2(tmp_path, "replicas.qcow2", "64M", 24)
+    assert len(data) > 20 << 20
+    read_ops = ("upload_read", "upload_read_range")
+
+    def upload_reads(s):
+        m = imserver.scrape_metrics(s)
+        return sum(imserver.metric(m, "image_manager_store_read_bytes_total", op=op) for op in read_ops)
+
+    with imserver.Server() as a:
+        b = a.replica()
+        try:
+            b.start()
+            url = start(a, name="two-replicas", version="1")
+            third = len(data) // 3
+            chunks = [(a, 0, third), (b, third, 2 * third)]
+            for s, lo, hi in chunks:
+                r = requests.patch(url.replace(a.url, s.url), data=data[lo:hi],
+                                   headers={"Content-Range": f"{lo}-{hi - 1}"}, timeout=60)
+                assert r.status_code == 202 and r.json()["offset"] == hi, r.text
+            before = (upload_reads(a), upload_reads(b))
+            r = requests.put(url.replace(a.url, b.url), data=data[2 * third:],
+                             headers={"Content-Range": f"{2 * third}-{len(data) - 1}"}, timeout=60)
+            assert r.status_code == 201, r.text
+            assert r.json()["checksums"] == {"sha256": hashlib.sha256(data).hexdigest(),
+                                             "sha512": hashlib.sha512(data).hexdigest(),
+                                             "md5": hashlib.md5(data).hexdigest()}
+            assert r.json()["disk_format"] == "qcow2"
+            read_back = upload_reads(b) - before[1]
+            assert upload_reads(a) == before[0]
+            assert 0 < read_back <= (4 << 20) + 1536, read_back
+            layer = r.json()["details"]["layers"][0]["digest"]
+            assert requests.get(f"{a.url}/v2/{r.json()['repository']}/blobs/{layer}", timeout=60).content == data
+        finally:
+            b.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import signal
 import socket
@@ -85,6 +86,35 @@ def cli(srv: "Server", *args: str, stdin: str | None = None) -> subprocess.Compl
 def digest(data: bytes) -> str:
     """The OCI digest (sha256) of `data`."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def scrape_metrics(srv: "Server") -> dict[str, float]:
+    """The server's /metrics, as {series (name and labels): value}; checks the format."""
+    r = requests.get(f"{srv.url}/metrics", timeout=30)
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert r.text.rstrip().endswith("# EOF")
+    out = {}
+    for line in r.text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        m = re.match(r"^(\S+?)(\{[^}]*\})?\s+(\S+)$", line)
+        assert m, f"unparsable metrics line {line!r}"
+        out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def metric(metrics: dict[str, float], name: str, **labels) -> float:
+    """Sum of the series of `name` whose labels include `labels`."""
+    total = 0.0
+    for key, v in metrics.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        if all(have.get(k) == str(want) for k, want in labels.items()):
+            total += v
+    return total
 
 
 def free_port() -> int:

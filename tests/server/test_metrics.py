@@ -4,7 +4,6 @@ and out, blob store calls by operation, uploads in flight, free space, indexer l
 from __future__ import annotations
 
 import os
-import re
 import uuid
 
 import requests
@@ -14,32 +13,8 @@ import imserver
 digest = imserver.digest
 
 
-def scrape(srv) -> dict[str, float]:
-    r = requests.get(f"{srv.url}/metrics")
-    assert r.status_code == 200
-    assert r.headers["Content-Type"].startswith("application/openmetrics-text")
-    assert r.text.rstrip().endswith("# EOF")
-    out = {}
-    for line in r.text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        m = re.match(r"^(\S+?)(\{[^}]*\})?\s+(\S+)$", line)
-        assert m, f"unparsable metrics line {line!r}"
-        out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    return out
-
-
-def value(metrics: dict[str, float], name: str, **labels) -> float:
-    """Sum of the series of `name` whose labels include `labels`."""
-    total = 0.0
-    for key, v in metrics.items():
-        base, _, rest = key.partition("{")
-        if base != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', rest))
-        if all(have.get(k) == str(want) for k, want in labels.items()):
-            total += v
-    return total
+scrape = imserver.scrape_metrics
+value = imserver.metric
 
 
 def test_metrics_follow_a_push_and_a_pull():
