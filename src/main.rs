@@ -312,7 +312,7 @@ fn ms_to_days(ms: Option<i64>) -> String {
 }
 
 async fn run_user(command: UserCommand) -> anyhow::Result<()> {
-    use image_manager::storage::MetadataStore;
+    use image_manager::storage::AccountStore;
     match command {
         UserCommand::Add { name, admin, store, .. } => {
             let meta = accounts(&store).await?;
@@ -354,7 +354,7 @@ async fn run_user(command: UserCommand) -> anyhow::Result<()> {
 }
 
 async fn run_robot(command: RobotCommand) -> anyhow::Result<()> {
-    use image_manager::storage::MetadataStore;
+    use image_manager::storage::AccountStore;
     match command {
         RobotCommand::Add {
             name,
@@ -445,7 +445,7 @@ async fn cli_audit(
 }
 
 async fn run_namespace(command: NamespaceCommand) -> anyhow::Result<()> {
-    use image_manager::storage::MetadataStore;
+    use image_manager::storage::{AccountStore, RegistryStore};
     match command {
         NamespaceCommand::List { store } => {
             let meta = accounts(&store).await?;

@@ -17,7 +17,7 @@ use crate::core::Registry;
 use crate::storage::fs::FsBlobStore;
 use crate::storage::s3::S3BlobStore;
 use crate::storage::sql::SqlStore;
-use crate::storage::{now_ms, BlobStore, JobStore, MetadataStore};
+use crate::storage::{now_ms, BlobStore, GcStore, JobStore, MetadataStore};
 
 /// Open (and migrate) the metadata store named by the configuration.
 pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<SqlStore>> {
@@ -54,6 +54,7 @@ pub async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = open_metadata(&config).await?;
     let meta: Arc<dyn MetadataStore> = store.clone();
+    let gc_store: Arc<dyn GcStore> = store.clone();
     let jobs: Arc<dyn JobStore> = store;
     let blobs = open_blobs(&config).await?;
     let mode = AuthMode::parse(&config.server.auth).with_context(|| {
@@ -150,6 +151,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         keepers.push(keeper);
         loops.push(tokio::spawn(collect_garbage(
             registry.clone(),
+            gc_store,
             config.gc.clone(),
             gc_lease,
             bg_stop_rx.clone(),
@@ -239,6 +241,7 @@ async fn on_lease_holder<F, Fut>(
 /// `stop` turns true.
 async fn collect_garbage(
     registry: Arc<Registry>,
+    store: Arc<dyn GcStore>,
     gc: crate::config::GcConfig,
     lease: Leadership,
     stop: watch::Receiver<bool>,
@@ -246,9 +249,9 @@ async fn collect_garbage(
     let every = Duration::from_secs(gc.interval_secs.max(1));
     let opts = crate::core::gc::GcOptions::from_config(&gc);
     on_lease_holder(lease, every, every, stop, |run_stop| {
-        let registry = registry.clone();
+        let (registry, store) = (registry.clone(), store.clone());
         async move {
-            let run = crate::core::gc::collect(&*registry.meta, &*registry.blobs, &opts, Some(&run_stop)).await;
+            let run = crate::core::gc::collect(&*store, &*registry.blobs, &opts, Some(&run_stop)).await;
             let m = crate::metrics::metrics();
             let outcome = if run.is_ok() { "ok" } else { "error" };
             m.gc_runs

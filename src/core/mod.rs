@@ -1,5 +1,6 @@
 //! The registry core: what a repository holds and the rules for changing it. HTTP surfaces call
-//! these methods; these methods reach storage only through [`BlobStore`] and [`MetadataStore`].
+//! these methods; these methods reach storage only through [`BlobStore`] and the metadata
+//! role traits ([`RegistryStore`], [`AccountStore`], [`CatalogStore`], [`JobStore`]).
 
 pub mod catalog;
 pub mod csar;
@@ -20,7 +21,7 @@ use serde_json::{json, Value};
 use crate::config::RegistryConfig;
 use crate::error::{Error, Result};
 use crate::storage::meta::{NewManifest, PutOutcome};
-use crate::storage::{BlobStore, JobStore, MetadataStore};
+use crate::storage::{AccountStore, BlobStore, CatalogStore, JobStore, MetadataStore, RegistryStore};
 pub use manifest::ParsedManifest;
 use names::{Digest, Reference, RepoName};
 
@@ -29,7 +30,12 @@ pub const MAX_PAGE: u32 = 10_000;
 
 pub struct Registry {
     pub blobs: Arc<dyn BlobStore>,
-    pub meta: Arc<dyn MetadataStore>,
+    /// Repositories, blob links, uploads, manifests, tags.
+    pub meta: Arc<dyn RegistryStore>,
+    /// Accounts, members, visibility, audit (what [`crate::auth`] reads).
+    pub accounts: Arc<dyn AccountStore>,
+    /// Catalog entries and resumable image uploads.
+    pub entries: Arc<dyn CatalogStore>,
     pub config: RegistryConfig,
     pub catalog: crate::config::CatalogConfig,
     /// Authentication mode, token keys and the access policy ([`crate::auth`]).
@@ -62,10 +68,13 @@ pub struct Page {
 }
 
 impl Registry {
-    pub fn new(blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetadataStore>, config: RegistryConfig) -> Self {
+    /// A registry on `blobs` and the metadata database `store` (which serves every role).
+    pub fn new(blobs: Arc<dyn BlobStore>, store: Arc<dyn MetadataStore>, config: RegistryConfig) -> Self {
         Self {
             blobs,
-            meta,
+            meta: store.clone(),
+            accounts: store.clone(),
+            entries: store,
             config,
             catalog: crate::config::CatalogConfig::default(),
             auth: Arc::new(crate::auth::Auth::none()),

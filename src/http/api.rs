@@ -129,14 +129,17 @@ pub(super) async fn caller(state: &AppState, parts: &Parts) -> Result<Caller, Pr
     let remote = super::remote_addr(&parts.extensions);
     let principal = state
         .auth
-        .identify_api(&*state.meta, &parts.headers, remote.as_deref())
+        .identify_api(&*state.accounts, &parts.headers, remote.as_deref())
         .await?;
     Ok(Caller { principal, remote })
 }
 
 impl Caller {
     async fn may(&self, state: &AppState, action: Action, res: Resource<'_>) -> Result<(), Problem> {
-        Ok(state.auth.authorize(&*state.meta, &self.principal, action, res).await?)
+        Ok(state
+            .auth
+            .authorize(&*state.accounts, &self.principal, action, res)
+            .await?)
     }
 
     pub(super) async fn audit(
@@ -165,7 +168,7 @@ impl Caller {
         detail: Option<String>,
     ) {
         crate::auth::audit(
-            &*state.meta,
+            &*state.accounts,
             AuditRecord {
                 at: now_ms(),
                 actor: self.principal.actor(),
@@ -237,7 +240,7 @@ pub(super) async fn list_namespaces(
     for ns in state.meta.namespaces().await? {
         if state
             .auth
-            .allowed(&*state.meta, &c.principal, Action::Admin, Resource::Namespace(&ns))
+            .allowed(&*state.accounts, &c.principal, Action::Admin, Resource::Namespace(&ns))
             .await?
         {
             out.push(usage(&state, &ns).await?);
@@ -359,7 +362,7 @@ pub(super) async fn set_visibility(
     let c = caller(&state, &parts).await?;
     c.may(&state, Action::Admin, Resource::Namespace(ns)).await?;
     let body = json_body(body)?;
-    state.meta.set_namespace_public(ns, body.public).await?;
+    state.accounts.set_namespace_public(ns, body.public).await?;
     c.audit(
         &state,
         "namespace.visibility",
@@ -393,14 +396,14 @@ pub(super) async fn list_members(
         .may(&state, Action::Admin, Resource::Namespace(ns))
         .await?;
     let members: Vec<Value> = state
-        .meta
+        .accounts
         .members(ns)
         .await?
         .into_iter()
         .map(|(p, r)| json!({ "principal": p, "role": r }))
         .collect();
     Ok(Json(
-        json!({ "namespace": ns, "public": state.meta.namespace_public(ns).await?, "members": members }),
+        json!({ "namespace": ns, "public": state.accounts.namespace_public(ns).await?, "members": members }),
     ))
 }
 
@@ -438,10 +441,10 @@ pub(super) async fn set_member(
             body.role
         )))
     })?;
-    if !crate::auth::is_account_name(&principal) || state.meta.user_get(&principal).await?.is_none() {
+    if !crate::auth::is_account_name(&principal) || state.accounts.user_get(&principal).await?.is_none() {
         return Err(Problem(Error::BadRequest(format!("no user {principal:?}"))));
     }
-    state.meta.set_member(ns, &principal, Some(role.as_str())).await?;
+    state.accounts.set_member(ns, &principal, Some(role.as_str())).await?;
     c.audit(
         &state,
         "member.set",
@@ -476,7 +479,7 @@ pub(super) async fn remove_member(
     let c = caller(&state, &parts).await?;
     c.may(&state, Action::Admin, Resource::Namespace(ns)).await?;
     let principal = account(&principal)?;
-    if !state.meta.set_member(ns, principal, None).await? {
+    if !state.accounts.set_member(ns, principal, None).await? {
         return Err(Problem(Error::NotFound));
     }
     c.audit(&state, "member.remove", principal, Some(ns), None).await;
@@ -509,7 +512,9 @@ async fn system(state: &AppState, parts: &Parts) -> Result<Caller, Problem> {
 )]
 pub(super) async fn list_users(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<User>>, Problem> {
     system(&state, &parts).await?;
-    Ok(Json(state.meta.users().await?.into_iter().map(User::from).collect()))
+    Ok(Json(
+        state.accounts.users().await?.into_iter().map(User::from).collect(),
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -540,7 +545,7 @@ pub(super) async fn add_user(
 ) -> Result<(StatusCode, Json<User>), Problem> {
     let c = system(&state, &parts).await?;
     let body = json_body(body)?;
-    let user = crate::auth::create_user(&*state.meta, &body.name, &body.password, body.admin).await?;
+    let user = crate::auth::create_user(&*state.accounts, &body.name, &body.password, body.admin).await?;
     c.audit(
         &state,
         "user.add",
@@ -569,7 +574,7 @@ pub(super) async fn delete_user(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let c = system(&state, &parts).await?;
-    let changed = state.meta.user_delete(account(&name)?).await?;
+    let changed = state.accounts.user_delete(account(&name)?).await?;
     // Cached Basic checks of this account must not outlive the change.
     state.auth.forget_logins();
     if !changed {
@@ -596,7 +601,7 @@ pub(super) async fn disable_user(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let c = system(&state, &parts).await?;
-    let changed = state.meta.user_set_disabled(account(&name)?, true).await?;
+    let changed = state.accounts.user_set_disabled(account(&name)?, true).await?;
     // Cached Basic checks of this account must not outlive the change.
     state.auth.forget_logins();
     if !changed {
@@ -617,7 +622,9 @@ pub(super) async fn disable_user(
 )]
 pub(super) async fn list_robots(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<Robot>>, Problem> {
     system(&state, &parts).await?;
-    Ok(Json(state.meta.robots().await?.into_iter().map(Robot::from).collect()))
+    Ok(Json(
+        state.accounts.robots().await?.into_iter().map(Robot::from).collect(),
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -649,7 +656,7 @@ pub(super) async fn add_robot(
     let c = system(&state, &parts).await?;
     let b = json_body(body)?;
     let (robot, secret) =
-        crate::auth::create_robot(&*state.meta, &b.name, &b.namespaces, &b.actions, b.expires_days).await?;
+        crate::auth::create_robot(&*state.accounts, &b.name, &b.namespaces, &b.actions, b.expires_days).await?;
     c.audit(&state, "robot.add", &robot.name, None, Some(robot.namespaces.join(",")))
         .await;
     let mut v = serde_json::to_value(Robot::from(robot.clone())).unwrap_or_else(|_| json!({}));
@@ -675,7 +682,7 @@ pub(super) async fn delete_robot(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let c = system(&state, &parts).await?;
-    let changed = state.meta.robot_delete(account(&name)?).await?;
+    let changed = state.accounts.robot_delete(account(&name)?).await?;
     // Cached Basic checks of this account must not outlive the change.
     state.auth.forget_logins();
     if !changed {
@@ -702,7 +709,7 @@ pub(super) async fn disable_robot(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let c = system(&state, &parts).await?;
-    let changed = state.meta.robot_set_disabled(account(&name)?, true).await?;
+    let changed = state.accounts.robot_set_disabled(account(&name)?, true).await?;
     // Cached Basic checks of this account must not outlive the change.
     state.auth.forget_logins();
     if !changed {
@@ -761,7 +768,7 @@ pub(super) async fn list_audit(
     };
     Ok(Json(
         state
-            .meta
+            .accounts
             .audit(&filter, q.limit.unwrap_or(1000).min(10_000))
             .await?
             .into_iter()
