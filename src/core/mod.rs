@@ -2,6 +2,7 @@
 //! these methods; these methods reach storage only through [`BlobStore`] and the metadata
 //! role traits ([`RegistryStore`], [`AccountStore`], [`CatalogStore`], [`JobStore`]).
 
+pub mod admin;
 pub mod catalog;
 pub mod csar;
 pub mod gc;
@@ -61,6 +62,14 @@ pub struct Pushed {
     pub tags: Vec<String>,
 }
 
+/// What the readiness probe reports.
+pub struct Readiness {
+    pub metadata: std::result::Result<(), crate::storage::StoreError>,
+    pub blobs: std::result::Result<(), crate::storage::StoreError>,
+    /// Bytes free for new blobs, where the blob store can tell.
+    pub free_bytes: Option<u64>,
+}
+
 /// One page of a listing and whether more follow.
 pub struct Page {
     pub items: Vec<String>,
@@ -101,9 +110,31 @@ impl Registry {
         self
     }
 
+    /// The administration service on this registry's stores and access control.
+    pub fn admin(&self) -> admin::Admin {
+        admin::Admin::new(
+            self.accounts.clone(),
+            self.meta.clone(),
+            self.auth.clone(),
+            self.config.default_quota_bytes,
+        )
+    }
+
+    /// Whether the stores answer, and the blob store's free space where it can tell.
+    pub async fn readiness(&self) -> Readiness {
+        Readiness {
+            metadata: self.meta.check().await,
+            blobs: self.blobs.check().await,
+            free_bytes: self.blobs.free_space().await.ok().flatten(),
+        }
+    }
+
     /// Read the state the metrics gauges describe (at each scrape of /metrics).
     pub async fn observe_state(&self) {
         let m = crate::metrics::metrics();
+        let free = self.blobs.free_space().await.ok().flatten();
+        m.blob_free_bytes
+            .set(free.map_or(-1, |f| f.min(i64::MAX as u64) as i64));
         match self.indexer_lag().await {
             Ok(lag) => {
                 m.indexer_lag_events.set(lag.min(i64::MAX as u64) as i64);
