@@ -15,12 +15,17 @@ use crate::config::Config;
 use crate::core::jobs::Leadership;
 use crate::core::Registry;
 use crate::storage::fs::FsBlobStore;
+use crate::storage::instrumented::InstrumentedMeta;
 use crate::storage::s3::S3BlobStore;
 use crate::storage::sql::SqlStore;
 use crate::storage::{now_ms, BlobStore, GcStore, JobStore, MetadataStore};
 
-/// Open (and migrate) the metadata store named by the configuration.
-pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<SqlStore>> {
+/// The metadata database as the server and the CLI use it: every call instrumented.
+pub type Metadata = InstrumentedMeta<SqlStore>;
+
+/// Open (and migrate) the metadata store named by the configuration, wrapped so that every
+/// call is timed and traced ([`InstrumentedMeta`]).
+pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<Metadata>> {
     if config.database_url().starts_with("sqlite://") {
         std::fs::create_dir_all(&config.server.data_dir)
             .with_context(|| format!("creating data directory {}", config.server.data_dir.display()))?;
@@ -29,7 +34,7 @@ pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<SqlStore>> {
         .await
         .context("connecting to the metadata database")?;
     store.migrate().await.context("applying database migrations")?;
-    Ok(Arc::new(store))
+    Ok(InstrumentedMeta::wrap(Arc::new(store)))
 }
 
 /// Open the blob store named by the configuration.
