@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use image_manager::config::Config;
+use image_manager::core::admin::{namespace_name, Actor};
 use image_manager::core::gc::GcOptions;
 
 #[derive(Parser)]
@@ -291,10 +292,17 @@ enum NamespaceCommand {
     },
 }
 
-/// Open the metadata store for an account command (logs stay quiet).
-async fn accounts(store: &StoreArgs) -> anyhow::Result<std::sync::Arc<image_manager::storage::sql::SqlStore>> {
+/// The admin service on the metadata store, for an account command (logs stay quiet): the
+/// same service the admin API uses, acting as the operator (`cli:$USER` in the audit log).
+async fn admin(store: &StoreArgs) -> anyhow::Result<image_manager::core::admin::Admin> {
     let config = load(store)?;
-    image_manager::server::open_metadata(&config).await
+    let meta = image_manager::server::open_metadata(&config).await?;
+    Ok(image_manager::core::admin::Admin::new(
+        meta.clone(),
+        meta,
+        std::sync::Arc::new(image_manager::auth::Auth::none()),
+        config.registry.default_quota_bytes,
+    ))
 }
 
 fn ms_to_days(ms: Option<i64>) -> String {
@@ -312,19 +320,24 @@ fn ms_to_days(ms: Option<i64>) -> String {
 }
 
 async fn run_user(command: UserCommand) -> anyhow::Result<()> {
-    use image_manager::storage::MetadataStore;
+    let who = Actor::operator();
     match command {
-        UserCommand::Add { name, admin, store, .. } => {
-            let meta = accounts(&store).await?;
+        UserCommand::Add {
+            name,
+            admin: is_admin,
+            store,
+            ..
+        } => {
+            let admin = admin(&store).await?;
             let mut password = String::new();
             std::io::stdin().read_line(&mut password)?;
             let password = password.trim_end_matches(['\n', '\r']);
-            let user = image_manager::auth::create_user(&*meta, &name, password, admin).await?;
+            let user = admin.system(&who).await?.add_user(&name, password, is_admin).await?;
             println!("created user {}{}", user.name, if user.admin { " (admin)" } else { "" });
         }
         UserCommand::List { store } => {
-            let meta = accounts(&store).await?;
-            for u in meta.users().await? {
+            let admin = admin(&store).await?;
+            for u in admin.system(&who).await?.users().await? {
                 let mut flags = Vec::new();
                 if u.admin {
                     flags.push("admin");
@@ -336,15 +349,15 @@ async fn run_user(command: UserCommand) -> anyhow::Result<()> {
             }
         }
         UserCommand::Disable { name, store } => {
-            let meta = accounts(&store).await?;
-            if !meta.user_set_disabled(&name, true).await? {
+            let admin = admin(&store).await?;
+            if !admin.system(&who).await?.disable_user(&name).await? {
                 anyhow::bail!("no user {name:?}");
             }
             println!("disabled user {name}");
         }
         UserCommand::Delete { name, store } => {
-            let meta = accounts(&store).await?;
-            if !meta.user_delete(&name).await? {
+            let admin = admin(&store).await?;
+            if !admin.system(&who).await?.delete_user(&name).await? {
                 anyhow::bail!("no user {name:?}");
             }
             println!("deleted user {name}");
@@ -354,7 +367,7 @@ async fn run_user(command: UserCommand) -> anyhow::Result<()> {
 }
 
 async fn run_robot(command: RobotCommand) -> anyhow::Result<()> {
-    use image_manager::storage::MetadataStore;
+    let who = Actor::operator();
     match command {
         RobotCommand::Add {
             name,
@@ -363,9 +376,12 @@ async fn run_robot(command: RobotCommand) -> anyhow::Result<()> {
             expires_days,
             store,
         } => {
-            let meta = accounts(&store).await?;
-            let (robot, secret) =
-                image_manager::auth::create_robot(&*meta, &name, &namespaces, &actions, expires_days).await?;
+            let admin = admin(&store).await?;
+            let (robot, secret) = admin
+                .system(&who)
+                .await?
+                .add_robot(&name, &namespaces, &actions, expires_days)
+                .await?;
             eprintln!(
                 "created robot {}{} for {} ({}), expires {}; its secret (shown only this once):",
                 image_manager::auth::ROBOT_PREFIX,
@@ -377,8 +393,8 @@ async fn run_robot(command: RobotCommand) -> anyhow::Result<()> {
             println!("{secret}");
         }
         RobotCommand::List { store } => {
-            let meta = accounts(&store).await?;
-            for r in meta.robots().await? {
+            let admin = admin(&store).await?;
+            for r in admin.system(&who).await?.robots().await? {
                 println!(
                     "{}{}\t{}\t{}\texpires {}{}",
                     image_manager::auth::ROBOT_PREFIX,
@@ -391,15 +407,15 @@ async fn run_robot(command: RobotCommand) -> anyhow::Result<()> {
             }
         }
         RobotCommand::Disable { name, store } => {
-            let meta = accounts(&store).await?;
-            if !meta.robot_set_disabled(&name, true).await? {
+            let admin = admin(&store).await?;
+            if !admin.system(&who).await?.disable_robot(&name).await? {
                 anyhow::bail!("no robot {name:?}");
             }
             println!("disabled robot {name}");
         }
         RobotCommand::Delete { name, store } => {
-            let meta = accounts(&store).await?;
-            if !meta.robot_delete(&name).await? {
+            let admin = admin(&store).await?;
+            if !admin.system(&who).await?.delete_robot(&name).await? {
                 anyhow::bail!("no robot {name:?}");
             }
             println!("deleted robot {name}");
@@ -408,68 +424,18 @@ async fn run_robot(command: RobotCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Check a namespace name given on the command line.
-fn namespace_arg(ns: &str) -> anyhow::Result<String> {
-    let name = image_manager::core::names::RepoName::parse(ns)?;
-    if name.as_str().contains('/') {
-        anyhow::bail!("{ns:?} is not a namespace (the first path segment of repository names)");
-    }
-    Ok(name.as_str().to_string())
-}
-
-/// Record a change made from the command line in the audit log.
-async fn cli_audit(
-    meta: &dyn image_manager::storage::MetadataStore,
-    action: &str,
-    target: &str,
-    ns: &str,
-    detail: Option<String>,
-) {
-    let actor = std::env::var("USER")
-        .map(|u| format!("cli:{u}"))
-        .unwrap_or_else(|_| "cli".into());
-    image_manager::auth::audit(
-        meta,
-        image_manager::storage::meta::AuditRecord {
-            at: image_manager::storage::now_ms(),
-            actor,
-            action: action.into(),
-            target: target.into(),
-            namespace: Some(ns.into()),
-            remote: None,
-            outcome: "ok".into(),
-            detail,
-        },
-    )
-    .await;
-}
-
 async fn run_namespace(command: NamespaceCommand) -> anyhow::Result<()> {
-    use image_manager::storage::MetadataStore;
+    let who = Actor::operator();
     match command {
         NamespaceCommand::List { store } => {
-            let meta = accounts(&store).await?;
-            let mut names = meta.namespaces().await?;
-            for ns in meta.public_namespaces().await? {
-                if !names.contains(&ns) {
-                    names.push(ns);
-                }
-            }
-            names.sort();
-            for ns in names {
-                let quota = match meta.namespace_quota(&ns).await? {
+            let admin = admin(&store).await?;
+            for ns in admin.namespaces(&who).await? {
+                let quota = match ns.own_quota_bytes {
                     Some(q) => q.to_string(),
                     None => "-".into(),
                 };
-                let visibility = if meta.namespace_public(&ns).await? {
-                    "public"
-                } else {
-                    "private"
-                };
-                println!(
-                    "{ns}\t{visibility}\tused {}\tquota {quota}",
-                    meta.namespace_usage(&ns).await?
-                );
+                let visibility = if ns.public { "public" } else { "private" };
+                println!("{}\t{visibility}\tused {}\tquota {quota}", ns.name, ns.usage_bytes);
             }
         }
         NamespaceCommand::Visibility {
@@ -477,24 +443,16 @@ async fn run_namespace(command: NamespaceCommand) -> anyhow::Result<()> {
             visibility,
             store,
         } => {
-            let ns = namespace_arg(&namespace)?;
-            let meta = accounts(&store).await?;
-            let public = visibility == "public";
-            meta.set_namespace_public(&ns, public).await?;
-            cli_audit(
-                &*meta,
-                "namespace.visibility",
-                &ns,
-                &ns,
-                Some(format!("public {public}")),
-            )
-            .await;
-            println!("namespace {ns} is {visibility}");
+            namespace_name(&namespace)?;
+            let admin = admin(&store).await?;
+            let scope = admin.namespace(&who, &namespace).await?;
+            scope.set_public(visibility == "public").await?;
+            println!("namespace {} is {visibility}", scope.name());
         }
         NamespaceCommand::Members { namespace, store } => {
-            let ns = namespace_arg(&namespace)?;
-            let meta = accounts(&store).await?;
-            for (principal, role) in meta.members(&ns).await? {
+            namespace_name(&namespace)?;
+            let admin = admin(&store).await?;
+            for (principal, role) in admin.namespace(&who, &namespace).await?.members().await? {
                 println!("{principal}\t{role}");
             }
         }
@@ -504,30 +462,27 @@ async fn run_namespace(command: NamespaceCommand) -> anyhow::Result<()> {
             role,
             store,
         } => {
-            let ns = namespace_arg(&namespace)?;
-            let meta = accounts(&store).await?;
-            if meta.user_get(&user).await?.is_none() {
-                anyhow::bail!("no user {user:?}");
-            }
-            meta.set_member(&ns, &user, Some(&role)).await?;
-            cli_audit(&*meta, "member.set", &user, &ns, Some(format!("role {role}"))).await;
-            println!("{user} is {role} of {ns}");
+            namespace_name(&namespace)?;
+            let admin = admin(&store).await?;
+            let scope = admin.namespace(&who, &namespace).await?;
+            let role = scope.set_member(&user, &role).await?;
+            println!("{user} is {} of {}", role.as_str(), scope.name());
         }
         NamespaceCommand::MemberRemove { namespace, user, store } => {
-            let ns = namespace_arg(&namespace)?;
-            let meta = accounts(&store).await?;
-            if !meta.set_member(&ns, &user, None).await? {
-                anyhow::bail!("{user:?} is not a member of {ns}");
+            namespace_name(&namespace)?;
+            let admin = admin(&store).await?;
+            let scope = admin.namespace(&who, &namespace).await?;
+            if !scope.remove_member(&user).await? {
+                anyhow::bail!("{user:?} is not a member of {}", scope.name());
             }
-            cli_audit(&*meta, "member.remove", &user, &ns, None).await;
-            println!("{user} is no longer a member of {ns}");
+            println!("{user} is no longer a member of {}", scope.name());
         }
         NamespaceCommand::Quota {
             namespace,
             bytes,
             store,
         } => {
-            let ns = namespace_arg(&namespace)?;
+            namespace_name(&namespace)?;
             let quota = match bytes.as_str() {
                 "none" => None,
                 n => Some(
@@ -535,18 +490,17 @@ async fn run_namespace(command: NamespaceCommand) -> anyhow::Result<()> {
                         .map_err(|_| anyhow::anyhow!("quota {n:?}: a number of bytes or none"))?,
                 ),
             };
-            let meta = accounts(&store).await?;
-            meta.set_namespace_quota(&ns, quota).await?;
-            cli_audit(
-                &*meta,
-                if quota.is_some() { "quota.set" } else { "quota.clear" },
-                &ns,
-                &ns,
-                Some(format!("bytes {quota:?}")),
-            )
-            .await;
+            let admin = admin(&store).await?;
+            let scope = admin.namespace(&who, &namespace).await?;
+            match quota {
+                Some(q) => {
+                    scope.set_quota(Some(q)).await?;
+                }
+                None => scope.clear_quota().await?,
+            }
             println!(
-                "quota of {ns}: {}",
+                "quota of {}: {}",
+                scope.name(),
                 quota.map_or("none".to_string(), |q| format!("{q} bytes"))
             );
         }

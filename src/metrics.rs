@@ -2,7 +2,8 @@
 //!
 //! One process-wide set ([`metrics`]): the HTTP layer counts requests by route, method and
 //! status with their latency and the bytes in and out ([`crate::http::serve`]); every blob
-//! store call is timed by one wrapper ([`crate::storage::instrumented`]); the background loops
+//! store and metadata database call is timed by one wrapper per kind of store
+//! ([`crate::storage::instrumented`]); the background loops
 //! count garbage collections; gauges that describe state (free space, indexer lag, job queues)
 //! are read when the endpoint is scraped.
 
@@ -34,6 +35,15 @@ pub struct StoreLabels {
     pub op: &'static str,
 }
 
+/// A metadata store call: its role trait (`registry`, `accounts`, `gc`, `catalog`, `jobs`),
+/// method and outcome (`ok` or the error's kind).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetaLabels {
+    pub store: &'static str,
+    pub op: &'static str,
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreErrorLabels {
     pub store: &'static str,
@@ -63,12 +73,18 @@ pub struct Metrics {
     pub store_duration: Family<StoreLabels, Histogram>,
     pub store_errors: Family<StoreErrorLabels, Counter>,
     pub store_read_bytes: Family<StoreLabels, Counter>,
+    pub meta_duration: Family<MetaLabels, Histogram>,
     pub gc_runs: Family<OutcomeLabels, Counter>,
     pub gc_reclaimed_bytes: Counter,
     pub blob_free_bytes: Gauge,
     pub indexer_lag_events: Gauge,
     pub job_queue_depth: Family<QueueLabels, Gauge>,
     pub job_queue_oldest_seconds: Family<QueueLabels, Gauge>,
+}
+
+fn db_latency() -> Histogram {
+    // 50 µs to about 26 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
 }
 
 fn latency() -> Histogram {
@@ -131,6 +147,12 @@ impl Metrics {
             "Bytes read from the blob store, by operation",
             store_read_bytes.clone(),
         );
+        let meta_duration = Family::<MetaLabels, Histogram>::new_with_constructor(db_latency as fn() -> Histogram);
+        registry.register(
+            "metadata_call_duration_seconds",
+            "Latency of metadata database calls, by role (store), operation and outcome",
+            meta_duration.clone(),
+        );
         let gc_runs = Family::<OutcomeLabels, Counter>::default();
         registry.register("gc_runs", "Garbage collections run, by outcome", gc_runs.clone());
         let gc_reclaimed_bytes = Counter::default();
@@ -175,6 +197,7 @@ impl Metrics {
             store_duration,
             store_errors,
             store_read_bytes,
+            meta_duration,
             gc_runs,
             gc_reclaimed_bytes,
             blob_free_bytes,

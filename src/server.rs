@@ -15,12 +15,17 @@ use crate::config::Config;
 use crate::core::jobs::Leadership;
 use crate::core::Registry;
 use crate::storage::fs::FsBlobStore;
+use crate::storage::instrumented::InstrumentedMeta;
 use crate::storage::s3::S3BlobStore;
 use crate::storage::sql::SqlStore;
-use crate::storage::{now_ms, BlobStore, JobStore, MetadataStore};
+use crate::storage::{now_ms, BlobStore, GcStore, JobStore, MetadataStore};
 
-/// Open (and migrate) the metadata store named by the configuration.
-pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<SqlStore>> {
+/// The metadata database as the server and the CLI use it: every call instrumented.
+pub type Metadata = InstrumentedMeta<SqlStore>;
+
+/// Open (and migrate) the metadata store named by the configuration, wrapped so that every
+/// call is timed and traced ([`InstrumentedMeta`]).
+pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<Metadata>> {
     if config.database_url().starts_with("sqlite://") {
         std::fs::create_dir_all(&config.server.data_dir)
             .with_context(|| format!("creating data directory {}", config.server.data_dir.display()))?;
@@ -29,7 +34,7 @@ pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<SqlStore>> {
         .await
         .context("connecting to the metadata database")?;
     store.migrate().await.context("applying database migrations")?;
-    Ok(Arc::new(store))
+    Ok(InstrumentedMeta::wrap(Arc::new(store)))
 }
 
 /// Open the blob store named by the configuration.
@@ -54,6 +59,7 @@ pub async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = open_metadata(&config).await?;
     let meta: Arc<dyn MetadataStore> = store.clone();
+    let gc_store: Arc<dyn GcStore> = store.clone();
     let jobs: Arc<dyn JobStore> = store;
     let blobs = open_blobs(&config).await?;
     let mode = AuthMode::parse(&config.server.auth).with_context(|| {
@@ -150,6 +156,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         keepers.push(keeper);
         loops.push(tokio::spawn(collect_garbage(
             registry.clone(),
+            gc_store,
             config.gc.clone(),
             gc_lease,
             bg_stop_rx.clone(),
@@ -239,6 +246,7 @@ async fn on_lease_holder<F, Fut>(
 /// `stop` turns true.
 async fn collect_garbage(
     registry: Arc<Registry>,
+    store: Arc<dyn GcStore>,
     gc: crate::config::GcConfig,
     lease: Leadership,
     stop: watch::Receiver<bool>,
@@ -246,9 +254,9 @@ async fn collect_garbage(
     let every = Duration::from_secs(gc.interval_secs.max(1));
     let opts = crate::core::gc::GcOptions::from_config(&gc);
     on_lease_holder(lease, every, every, stop, |run_stop| {
-        let registry = registry.clone();
+        let (registry, store) = (registry.clone(), store.clone());
         async move {
-            let run = crate::core::gc::collect(&*registry.meta, &*registry.blobs, &opts, Some(&run_stop)).await;
+            let run = crate::core::gc::collect(&*store, &*registry.blobs, &opts, Some(&run_stop)).await;
             let m = crate::metrics::metrics();
             let outcome = if run.is_ok() { "ok" } else { "error" };
             m.gc_runs

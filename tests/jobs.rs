@@ -729,7 +729,7 @@ async fn migration_moves_the_indexer_setting(backend: Backend) {
     }
     store.migrate().await.expect("migrating again");
     assert_eq!(store.cursor_get("catalog-indexer").await.expect("cursor"), Some(42));
-    use image_manager::storage::MetadataStore;
+    use image_manager::storage::AccountStore;
     assert_eq!(store.setting("catalog.indexed_event").await.expect("setting"), None);
 }
 

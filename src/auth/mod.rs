@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 use crate::error::{Error, Result};
 use crate::oci::names::RepoName;
 use crate::storage::meta::{AuditRecord, RobotRecord, UserRecord};
-use crate::storage::{now_ms, MetadataStore, StoreError};
+use crate::storage::{now_ms, AccountStore, StoreError};
 
 /// The `service` of tokens, challenges and the token endpoint; also the tokens' audience.
 pub const SERVICE: &str = "image-manager";
@@ -354,7 +354,7 @@ impl Auth {
     /// Token mode, with the signing key from the metadata store (generated and stored by the
     /// first server to start, so replicas share it).
     pub async fn token(
-        meta: &dyn MetadataStore,
+        meta: &dyn AccountStore,
         token_ttl_secs: u64,
         refresh_token_ttl_secs: u64,
     ) -> Result<Self, StoreError> {
@@ -408,7 +408,7 @@ impl Auth {
     /// Whether `p` may do `action` on `res`. The one access rule of the service.
     pub async fn allowed(
         &self,
-        meta: &dyn MetadataStore,
+        meta: &dyn AccountStore,
         p: &Principal,
         action: Action,
         res: Resource<'_>,
@@ -444,7 +444,7 @@ impl Auth {
     /// [`Self::allowed`] as an error: 401 for the anonymous (they may log in), 403 for others.
     pub async fn authorize(
         &self,
-        meta: &dyn MetadataStore,
+        meta: &dyn AccountStore,
         p: &Principal,
         action: Action,
         res: Resource<'_>,
@@ -466,7 +466,7 @@ impl Auth {
     /// A bearer token allows only what it grants; other callers are asked of the policy.
     pub async fn authorize_repo(
         &self,
-        meta: &dyn MetadataStore,
+        meta: &dyn AccountStore,
         id: &Identity,
         repo: Option<&RepoName>,
         action: Action,
@@ -519,7 +519,7 @@ impl Auth {
     }
 
     /// The namespaces `p` may pull from; `None`: all of them.
-    pub async fn readable(&self, meta: &dyn MetadataStore, p: &Principal) -> Result<Option<HashSet<String>>> {
+    pub async fn readable(&self, meta: &dyn AccountStore, p: &Principal) -> Result<Option<HashSet<String>>> {
         if !self.enabled() {
             return Ok(None);
         }
@@ -547,7 +547,7 @@ impl Auth {
     /// address, counted, and audited.
     pub async fn login(
         &self,
-        meta: &dyn MetadataStore,
+        meta: &dyn AccountStore,
         name: &str,
         secret: &str,
         remote: Option<&str>,
@@ -623,7 +623,7 @@ impl Auth {
     /// One login check, after the delay the earlier failures of `key` earned.
     async fn login_checked(
         &self,
-        meta: &dyn MetadataStore,
+        meta: &dyn AccountStore,
         name: &str,
         secret: &str,
         remote: Option<&str>,
@@ -666,7 +666,7 @@ impl Auth {
     /// matched (users; robots' secrets are cheap to check and not cached).
     async fn check_secret(
         &self,
-        meta: &dyn MetadataStore,
+        meta: &dyn AccountStore,
         name: &str,
         secret: &str,
     ) -> Result<Option<(Principal, Option<String>)>> {
@@ -733,7 +733,7 @@ impl Auth {
     /// server issued); anonymous without either. Bad credentials are an error, not anonymous.
     pub async fn identify(
         &self,
-        meta: &dyn MetadataStore,
+        meta: &dyn AccountStore,
         headers: &HeaderMap,
         remote: Option<&str>,
     ) -> Result<Identity> {
@@ -769,7 +769,7 @@ impl Auth {
 
     /// The grants of `scope` (Docker's `type:name:actions` items) that `p` is allowed.
     /// Items this server does not understand are refused, not ignored.
-    pub async fn grant(&self, meta: &dyn MetadataStore, p: &Principal, scopes: &[String]) -> Result<Vec<Access>> {
+    pub async fn grant(&self, meta: &dyn AccountStore, p: &Principal, scopes: &[String]) -> Result<Vec<Access>> {
         let mut out: Vec<Access> = Vec::new();
         // Item by item, so that an invalid item is reported only after the ones before it.
         for item in scopes.iter().flat_map(|s| scope_items(s)) {
@@ -873,7 +873,7 @@ impl Auth {
     /// token of the API's own audience (a registry token is refused), as the account is now.
     pub async fn identify_api(
         &self,
-        meta: &dyn MetadataStore,
+        meta: &dyn AccountStore,
         headers: &HeaderMap,
         remote: Option<&str>,
     ) -> Result<Principal> {
@@ -924,7 +924,7 @@ impl Auth {
 
     /// The account a refresh token stands for, as it is now: a disabled, deleted or expired
     /// account gets nothing more, whatever its refresh token says.
-    pub async fn refresh(&self, meta: &dyn MetadataStore, token: &str) -> Result<Principal> {
+    pub async fn refresh(&self, meta: &dyn AccountStore, token: &str) -> Result<Principal> {
         let keys = self
             .keys
             .as_ref()
@@ -1000,7 +1000,7 @@ fn principal_of_sub(sub: &str) -> Principal {
 }
 
 /// Load the principal `actor` names from the store, as it is now (for listings by token).
-pub async fn principal_by_actor(meta: &dyn MetadataStore, actor: &str) -> Result<Principal> {
+pub async fn principal_by_actor(meta: &dyn AccountStore, actor: &str) -> Result<Principal> {
     if let Some(name) = actor.strip_prefix(ROBOT_PREFIX) {
         if let Some(r) = meta.robot_get(name).await?.filter(|r| !r.disabled) {
             return Ok(Principal::from_robot(&r));
@@ -1032,7 +1032,7 @@ fn printable_ascii(s: &str) -> String {
 }
 
 /// Append to the audit log; a failure to do so is logged, never fails the request.
-pub async fn audit(meta: &dyn MetadataStore, mut rec: AuditRecord) {
+pub async fn audit(meta: &dyn AccountStore, mut rec: AuditRecord) {
     rec.actor = printable_ascii(&rec.actor);
     rec.namespace = rec.namespace.as_deref().map(printable_ascii);
     if let Err(e) = meta.audit_add(&rec).await {
@@ -1086,7 +1086,7 @@ fn secret_hash(secret: &str) -> String {
 }
 
 /// Create a user. Passwords must be at least 8 characters.
-pub async fn create_user(meta: &dyn MetadataStore, name: &str, password: &str, admin: bool) -> Result<UserRecord> {
+pub async fn create_user(meta: &dyn AccountStore, name: &str, password: &str, admin: bool) -> Result<UserRecord> {
     check_account_name(name)?;
     if password.chars().count() < 8 {
         return Err(Error::BadRequest("passwords must be at least 8 characters".into()));
@@ -1108,7 +1108,7 @@ pub async fn create_user(meta: &dyn MetadataStore, name: &str, password: &str, a
 /// for `expires_days` days (`None`: until disabled). Returns it with its secret, which is not
 /// stored and cannot be shown again.
 pub async fn create_robot(
-    meta: &dyn MetadataStore,
+    meta: &dyn AccountStore,
     name: &str,
     namespaces: &[String],
     actions: &[String],

@@ -361,9 +361,9 @@ impl Registry {
     /// Bring the entry of `repo:tag` in line with the registry: create, update or delete it.
     pub async fn reindex_tag(&self, repo: &str, tag: &str) -> Result<Option<(EntryRecord, Upserted)>> {
         match self.derive_entry(repo, tag, "registry").await? {
-            Some(e) => Ok(Some(self.meta.catalog_upsert(&e).await?)),
+            Some(e) => Ok(Some(self.entries.catalog_upsert(&e).await?)),
             None => {
-                self.meta.catalog_delete_where(repo, Some(tag), None).await?;
+                self.entries.catalog_delete_where(repo, Some(tag), None).await?;
                 Ok(None)
             }
         }
@@ -414,7 +414,7 @@ impl Registry {
                     ..Default::default()
                 };
                 for entry in self
-                    .meta
+                    .entries
                     .catalog_query(&q)
                     .await?
                     .iter()
@@ -434,7 +434,7 @@ impl Registry {
     async fn readable_list(&self, p: &Principal) -> Result<Option<Vec<String>>> {
         Ok(self
             .auth
-            .readable(&*self.meta, p)
+            .readable(&*self.accounts, p)
             .await?
             .map(|set| set.into_iter().collect()))
     }
@@ -462,7 +462,7 @@ impl Registry {
         q.readable = self.readable_list(p).await?;
         let limit = q.limit.clamp(1, 1000);
         q.limit = limit + 1;
-        let mut items = self.meta.catalog_query(&q).await?;
+        let mut items = self.entries.catalog_query(&q).await?;
         let more = items.len() > limit as usize;
         items.truncate(limit as usize);
         let next = if more {
@@ -479,13 +479,13 @@ impl Registry {
             return Err(Error::EntryUnknown(id.chars().take(64).collect()));
         }
         let e = self
-            .meta
+            .entries
             .catalog_get(id)
             .await?
             .ok_or_else(|| Error::EntryUnknown(id.to_string()))?;
         if !self
             .auth
-            .allowed(&*self.meta, p, Action::Pull, Resource::Namespace(&e.namespace))
+            .allowed(&*self.accounts, p, Action::Pull, Resource::Namespace(&e.namespace))
             .await?
         {
             return Err(Error::EntryUnknown(id.to_string()));
@@ -497,7 +497,7 @@ impl Registry {
     /// other versions.
     pub async fn entry_view(&self, p: &Principal, id: &str) -> Result<EntryView> {
         let entry = self.entry(p, id).await?;
-        let links = self.meta.catalog_links(id).await?;
+        let links = self.entries.catalog_links(id).await?;
         let mut contained_in = Vec::new();
         let mut contains = Vec::new();
         for l in links {
@@ -508,7 +508,7 @@ impl Registry {
             }
         }
         let versions = self
-            .meta
+            .entries
             .catalog_versions(&entry.namespace, &entry.name)
             .await?
             .into_iter()
@@ -537,12 +537,12 @@ impl Registry {
         for _ in 0..5 {
             let mut e = self.entry(p, id).await?;
             self.auth
-                .authorize(&*self.meta, p, Action::Delete, Resource::Namespace(&e.namespace))
+                .authorize(&*self.accounts, p, Action::Delete, Resource::Namespace(&e.namespace))
                 .await?;
             let seen = e.updated_at;
             patch.apply(&mut e)?;
             e.updated_at = now_ms().max(seen + 1);
-            if self.meta.catalog_save(&e, seen).await? {
+            if self.entries.catalog_save(&e, seen).await? {
                 return Ok(e);
             }
         }
@@ -553,10 +553,10 @@ impl Registry {
     pub async fn delete_entry(&self, p: &Principal, id: &str, force: bool) -> Result<EntryRecord> {
         let e = self.entry(p, id).await?;
         self.auth
-            .authorize(&*self.meta, p, Action::Delete, Resource::Namespace(&e.namespace))
+            .authorize(&*self.accounts, p, Action::Delete, Resource::Namespace(&e.namespace))
             .await?;
         let holders: Vec<LinkRecord> = self
-            .meta
+            .entries
             .catalog_links(id)
             .await?
             .into_iter()
@@ -565,7 +565,7 @@ impl Registry {
         if !holders.is_empty() && !force {
             let mut names = Vec::new();
             for h in &holders {
-                match self.meta.catalog_get(&h.parent).await? {
+                match self.entries.catalog_get(&h.parent).await? {
                     Some(pkg) => names.push(format!("{}:{} ({})", pkg.name, pkg.version, pkg.id)),
                     None => names.push(h.parent.clone()),
                 }
@@ -579,7 +579,7 @@ impl Registry {
         }
         self.ensure_deletes()?;
         self.meta.tag_delete(&e.repository, &e.tag).await?;
-        self.meta.catalog_delete(id).await?;
+        self.entries.catalog_delete(id).await?;
         self.events.notify_one();
         Ok(e)
     }

@@ -29,8 +29,8 @@
 //!
 //! The mark phase only proposes. Every removal of step 3 runs in its own transaction that
 //! first locks the row it removes, then re-checks, reading the latest committed state, that
-//! the row is still garbage ([`MetadataStore::gc_remove_manifest`] walks up the subjects and
-//! index parents, locking each, to the tags; [`MetadataStore::gc_unlink_blob`] looks for a
+//! the row is still garbage ([`GcStore::gc_remove_manifest`] walks up the subjects and
+//! index parents, locking each, to the tags; [`GcStore::gc_unlink_blob`] looks for a
 //! manifest of the repository that references the blob). A push locks the rows it relies on:
 //! `manifest_put` locks the blob links and child manifests it checks (`FOR SHARE`) and upserts
 //! its own repo_manifests row; `link_blob` upserts the blob row and refreshes the link. So for
@@ -77,7 +77,7 @@ use serde::Serialize;
 use super::names::Digest;
 use crate::error::Result;
 use crate::storage::meta::{GcItem, GcOutcome, GcRepository, GcSnapshot};
-use crate::storage::{now_ms, BlobStore, MetadataStore};
+use crate::storage::{now_ms, BlobStore, GcStore};
 
 /// Rows fetched per page when listing unreferenced manifests and blobs.
 const PAGE: u32 = 500;
@@ -278,7 +278,7 @@ fn stopping(stop: Option<&tokio::sync::watch::Receiver<bool>>) -> bool {
 
 /// Collect garbage once. `stop`, when it turns true, ends the run between two removals.
 pub async fn collect(
-    meta: &dyn MetadataStore,
+    meta: &dyn GcStore,
     blobs: &dyn BlobStore,
     opts: &GcOptions,
     stop: Option<&tokio::sync::watch::Receiver<bool>>,
@@ -477,7 +477,7 @@ where
 
 /// G1–G4 of the module documentation for one blob.
 async fn delete_blob(
-    meta: &dyn MetadataStore,
+    meta: &dyn GcStore,
     blobs: &dyn BlobStore,
     item: &GcItem,
     linked_before: i64,
@@ -508,7 +508,7 @@ async fn delete_blob(
 
 /// G3–G4: restore trashed bytes whose blob was recorded again meanwhile, purge the others.
 async fn settle(
-    meta: &dyn MetadataStore,
+    meta: &dyn GcStore,
     blobs: &dyn BlobStore,
     digest: &Digest,
     token: &str,
@@ -631,6 +631,7 @@ mod tests {
         use crate::core::Registry;
         use crate::storage::fs::FsBlobStore;
         use crate::storage::sql::SqlStore;
+        use crate::storage::RegistryStore;
 
         const NOW: GcOptions = GcOptions {
             dry_run: false,

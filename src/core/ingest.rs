@@ -220,7 +220,7 @@ impl Registry {
     {
         let (repo, tag, declared) = meta.validate(&self.catalog.default_namespace)?;
         self.auth
-            .authorize(&*self.meta, p, Action::Push, Resource::Namespace(repo.namespace()))
+            .authorize(&*self.accounts, p, Action::Push, Resource::Namespace(repo.namespace()))
             .await?;
         if self.meta.manifest_by_tag(repo.as_str(), &tag, false).await?.is_some() {
             return Err(Error::Conflict(format!(
@@ -307,7 +307,7 @@ impl Registry {
     ) -> Result<EntryRecord> {
         entry.labels = labels.clone();
         entry.description = description.clone().filter(|d| !d.is_empty());
-        let (stored, how) = self.meta.catalog_upsert(&entry).await?;
+        let (stored, how) = self.entries.catalog_upsert(&entry).await?;
         if how == Upserted::Created {
             return Ok(stored);
         }
@@ -321,7 +321,7 @@ impl Registry {
         stored.labels = labels;
         stored.description = description.filter(|d| !d.is_empty());
         stored.updated_at = now_ms().max(seen + 1);
-        self.meta.catalog_save(&stored, seen).await?;
+        self.entries.catalog_save(&stored, seen).await?;
         Ok(stored)
     }
 
@@ -349,7 +349,7 @@ impl Registry {
     pub async fn start_image_upload(&self, p: &Principal, meta: &ImageMeta) -> Result<String> {
         let (repo, tag, _) = meta.validate(&self.catalog.default_namespace)?;
         self.auth
-            .authorize(&*self.meta, p, Action::Push, Resource::Namespace(repo.namespace()))
+            .authorize(&*self.accounts, p, Action::Push, Resource::Namespace(repo.namespace()))
             .await?;
         if self.meta.manifest_by_tag(repo.as_str(), &tag, false).await?.is_some() {
             return Err(Error::Conflict(format!(
@@ -358,7 +358,7 @@ impl Registry {
         }
         let session = self.start_upload_all_hashes(&repo).await?;
         let metadata = serde_json::to_string(meta).map_err(|e| Error::BadRequest(e.to_string()))?;
-        self.meta
+        self.entries
             .image_upload_add(&ImageUploadRecord {
                 id: session.id.clone(),
                 repository: repo.to_string(),
@@ -380,7 +380,7 @@ impl Registry {
             .await;
         if let Err(e) = claimed {
             self.cancel_upload(&repo, &session.id).await?;
-            self.meta.image_upload_delete(&session.id).await?;
+            self.entries.image_upload_delete(&session.id).await?;
             return Err(e);
         }
         Ok(session.id)
@@ -422,7 +422,7 @@ impl Registry {
             created_at: now,
             updated_at: now,
         };
-        if self.meta.catalog_claim(&placeholder).await? {
+        if self.entries.catalog_claim(&placeholder).await? {
             Ok(())
         } else {
             Err(Error::Conflict(format!(
@@ -434,7 +434,7 @@ impl Registry {
     /// Set the status of the `uploading` entry of `repo:tag` (none: remove it). Entries with
     /// content are left alone.
     pub(crate) async fn claim_status(&self, repo: &str, tag: &str, status: Option<&str>) -> Result<()> {
-        let Some(mut e) = self.meta.catalog_by_ref(repo, tag).await? else {
+        let Some(mut e) = self.entries.catalog_by_ref(repo, tag).await? else {
             return Ok(());
         };
         if !e.digest.is_empty() {
@@ -445,10 +445,10 @@ impl Registry {
                 let seen = e.updated_at;
                 e.status = s.to_string();
                 e.updated_at = now_ms().max(seen + 1);
-                self.meta.catalog_save(&e, seen).await?;
+                self.entries.catalog_save(&e, seen).await?;
             }
             None => {
-                self.meta.catalog_delete(&e.id).await?;
+                self.entries.catalog_delete(&e.id).await?;
             }
         }
         Ok(())
@@ -457,10 +457,10 @@ impl Registry {
     /// Remove resumable uploads whose registry session expired, with their entries.
     pub async fn expire_image_uploads(&self) -> Result<usize> {
         let mut n = 0;
-        for rec in self.meta.image_uploads().await? {
+        for rec in self.entries.image_uploads().await? {
             if self.meta.upload_get(&rec.id).await?.is_none() {
                 self.claim_status(&rec.repository, &rec.tag, None).await?;
-                self.meta.image_upload_delete(&rec.id).await?;
+                self.entries.image_upload_delete(&rec.id).await?;
                 n += 1;
             }
         }
@@ -471,18 +471,18 @@ impl Registry {
             limit: 1000,
             ..Default::default()
         };
-        for e in self.meta.catalog_query(&q).await? {
+        for e in self.entries.catalog_query(&q).await? {
             let session = e
                 .details
                 .get("upload_session")
                 .and_then(Value::as_str)
                 .map(str::to_string);
             let live = match session {
-                Some(id) => self.meta.image_upload_get(&id).await?.is_some(),
+                Some(id) => self.entries.image_upload_get(&id).await?.is_some(),
                 None => false,
             };
             if !live && e.updated_at < stale {
-                self.meta.catalog_delete(&e.id).await?;
+                self.entries.catalog_delete(&e.id).await?;
                 n += 1;
             }
         }
@@ -495,16 +495,16 @@ impl Registry {
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
             return Err(unknown());
         }
-        let rec = self.meta.image_upload_get(id).await?.ok_or_else(unknown)?;
+        let rec = self.entries.image_upload_get(id).await?.ok_or_else(unknown)?;
         let repo = RepoName::parse(&rec.repository)?;
         self.auth
-            .authorize(&*self.meta, p, Action::Push, Resource::Namespace(repo.namespace()))
+            .authorize(&*self.accounts, p, Action::Push, Resource::Namespace(repo.namespace()))
             .await?;
         let offset = match self.upload_status(&repo, id).await {
             Ok(s) => s.offset,
             Err(Error::BlobUploadUnknown) => {
                 // The registry session expired: forget the metadata too.
-                self.meta.image_upload_delete(id).await?;
+                self.entries.image_upload_delete(id).await?;
                 return Err(unknown());
             }
             Err(e) => return Err(e),
@@ -561,7 +561,7 @@ impl Registry {
                 return Err(e);
             }
         };
-        self.meta.image_upload_delete(id).await?;
+        self.entries.image_upload_delete(id).await?;
         let origin = Origin {
             source: "upload",
             package: None,
@@ -601,7 +601,7 @@ impl Registry {
             Err(e @ Error::Refused { .. }) => {
                 self.cancel_upload(repo, &lease.id).await?;
                 self.claim_status(&rec.repository, &rec.tag, None).await?;
-                self.meta.image_upload_delete(&lease.id).await?;
+                self.entries.image_upload_delete(&lease.id).await?;
                 return Err(e);
             }
             Err(e) => return Err(e),
@@ -665,7 +665,7 @@ impl Registry {
         let repo = RepoName::parse(&rec.repository)?;
         self.cancel_upload(&repo, id).await?;
         self.claim_status(&rec.repository, &rec.tag, None).await?;
-        self.meta.image_upload_delete(id).await?;
+        self.entries.image_upload_delete(id).await?;
         Ok(())
     }
 

@@ -1,6 +1,8 @@
 //! The registry core: what a repository holds and the rules for changing it. HTTP surfaces call
-//! these methods; these methods reach storage only through [`BlobStore`] and [`MetadataStore`].
+//! these methods; these methods reach storage only through [`BlobStore`] and the metadata
+//! role traits ([`RegistryStore`], [`AccountStore`], [`CatalogStore`], [`JobStore`]).
 
+pub mod admin;
 pub mod catalog;
 pub mod csar;
 pub mod gc;
@@ -20,7 +22,7 @@ use serde_json::{json, Value};
 use crate::config::RegistryConfig;
 use crate::error::{Error, Result};
 use crate::storage::meta::{NewManifest, PutOutcome};
-use crate::storage::{BlobStore, JobStore, MetadataStore};
+use crate::storage::{AccountStore, BlobStore, CatalogStore, JobStore, MetadataStore, RegistryStore};
 pub use manifest::ParsedManifest;
 use names::{Digest, Reference, RepoName};
 
@@ -29,7 +31,12 @@ pub const MAX_PAGE: u32 = 10_000;
 
 pub struct Registry {
     pub blobs: Arc<dyn BlobStore>,
-    pub meta: Arc<dyn MetadataStore>,
+    /// Repositories, blob links, uploads, manifests, tags.
+    pub meta: Arc<dyn RegistryStore>,
+    /// Accounts, members, visibility, audit (what [`crate::auth`] reads).
+    pub accounts: Arc<dyn AccountStore>,
+    /// Catalog entries and resumable image uploads.
+    pub entries: Arc<dyn CatalogStore>,
     pub config: RegistryConfig,
     pub catalog: crate::config::CatalogConfig,
     /// Authentication mode, token keys and the access policy ([`crate::auth`]).
@@ -55,6 +62,14 @@ pub struct Pushed {
     pub tags: Vec<String>,
 }
 
+/// What the readiness probe reports.
+pub struct Readiness {
+    pub metadata: std::result::Result<(), crate::storage::StoreError>,
+    pub blobs: std::result::Result<(), crate::storage::StoreError>,
+    /// Bytes free for new blobs, where the blob store can tell.
+    pub free_bytes: Option<u64>,
+}
+
 /// One page of a listing and whether more follow.
 pub struct Page {
     pub items: Vec<String>,
@@ -62,10 +77,13 @@ pub struct Page {
 }
 
 impl Registry {
-    pub fn new(blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetadataStore>, config: RegistryConfig) -> Self {
+    /// A registry on `blobs` and the metadata database `store` (which serves every role).
+    pub fn new(blobs: Arc<dyn BlobStore>, store: Arc<dyn MetadataStore>, config: RegistryConfig) -> Self {
         Self {
             blobs,
-            meta,
+            meta: store.clone(),
+            accounts: store.clone(),
+            entries: store,
             config,
             catalog: crate::config::CatalogConfig::default(),
             auth: Arc::new(crate::auth::Auth::none()),
@@ -92,9 +110,31 @@ impl Registry {
         self
     }
 
+    /// The administration service on this registry's stores and access control.
+    pub fn admin(&self) -> admin::Admin {
+        admin::Admin::new(
+            self.accounts.clone(),
+            self.meta.clone(),
+            self.auth.clone(),
+            self.config.default_quota_bytes,
+        )
+    }
+
+    /// Whether the stores answer, and the blob store's free space where it can tell.
+    pub async fn readiness(&self) -> Readiness {
+        Readiness {
+            metadata: self.meta.check().await,
+            blobs: self.blobs.check().await,
+            free_bytes: self.blobs.free_space().await.ok().flatten(),
+        }
+    }
+
     /// Read the state the metrics gauges describe (at each scrape of /metrics).
     pub async fn observe_state(&self) {
         let m = crate::metrics::metrics();
+        let free = self.blobs.free_space().await.ok().flatten();
+        m.blob_free_bytes
+            .set(free.map_or(-1, |f| f.min(i64::MAX as u64) as i64));
         match self.indexer_lag().await {
             Ok(lag) => {
                 m.indexer_lag_events.set(lag.min(i64::MAX as u64) as i64);

@@ -170,7 +170,7 @@ impl Registry {
             return Err(Error::NameInvalid(format!("namespace {ns:?} must be one path segment")));
         }
         self.auth
-            .authorize(&*self.meta, p, Action::Push, Resource::Namespace(&ns))
+            .authorize(&*self.accounts, p, Action::Push, Resource::Namespace(&ns))
             .await?;
         if params.description.as_ref().is_some_and(|d| d.chars().count() > 4096) {
             return Err(Error::BadRequest("description: at most 4096 characters".into()));
@@ -243,7 +243,7 @@ impl Registry {
             // Nothing of a refused package stays: the images it brought in go with it.
             for e in &created {
                 self.meta.tag_delete(&e.repository, &e.tag).await?;
-                self.meta.catalog_delete(&e.id).await?;
+                self.entries.catalog_delete(&e.id).await?;
             }
             self.claim_status(repo.as_str(), &tag, None).await?;
             self.events.notify_one();
@@ -397,7 +397,7 @@ impl Registry {
             .record_entry(entry, params.labels(), params.description.clone())
             .await?;
         for (child, path) in links {
-            self.meta
+            self.entries
                 .catalog_link(&LinkRecord {
                     parent: entry.id.clone(),
                     child,
@@ -491,7 +491,7 @@ impl Registry {
                     // The entry's bytes failed the zip's own checks (CRC, size) after they were
                     // stored: the image goes again.
                     self.meta.tag_delete(&e.repository, &e.tag).await?;
-                    self.meta.catalog_delete(&e.id).await?;
+                    self.entries.catalog_delete(&e.id).await?;
                     Err(refused(err))
                 }
             },
@@ -502,7 +502,7 @@ impl Registry {
             Err(Error::Conflict(msg)) => {
                 // The same name and version exists: reuse it if it is these very bytes.
                 let repo = repository_of(meta.namespace.as_deref().unwrap_or_default(), &meta.name);
-                let existing = self.meta.catalog_by_ref(&repo, &meta.version).await?;
+                let existing = self.entries.catalog_by_ref(&repo, &meta.version).await?;
                 let theirs = existing.as_ref().and_then(zip_digest_of);
                 let ours = match theirs {
                     Some(_) => Some(entry_sha256(zip, file, limits).await?),
@@ -525,7 +525,7 @@ impl Registry {
 
     async fn flag_mismatches(&self, entry: &EntryRecord, mismatches: &[String]) -> Result<()> {
         for _ in 0..5 {
-            let Some(mut e) = self.meta.catalog_get(&entry.id).await? else {
+            let Some(mut e) = self.entries.catalog_get(&entry.id).await? else {
                 return Ok(());
             };
             let seen = e.updated_at;
@@ -534,7 +534,7 @@ impl Registry {
             }
             e.labels.insert("vnfd-mismatch".into(), "true".into());
             e.updated_at = now_ms().max(seen + 1);
-            if self.meta.catalog_save(&e, seen).await? {
+            if self.entries.catalog_save(&e, seen).await? {
                 return Ok(());
             }
         }

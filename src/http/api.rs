@@ -13,11 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::AppState;
-use crate::auth::{Action, Principal, Resource, Role};
-use crate::core::names::RepoName;
+use crate::auth::Principal;
+use crate::core::admin::{Actor, NamespaceInfo};
 use crate::error::{Error, Problem};
 use crate::storage::meta::{AuditFilter, AuditRecord, RobotRecord, UserRecord};
-use crate::storage::now_ms;
 
 /// A user account as the API shows it (never its password hash).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -129,14 +128,18 @@ pub(super) async fn caller(state: &AppState, parts: &Parts) -> Result<Caller, Pr
     let remote = super::remote_addr(&parts.extensions);
     let principal = state
         .auth
-        .identify_api(&*state.meta, &parts.headers, remote.as_deref())
+        .identify_api(&*state.accounts, &parts.headers, remote.as_deref())
         .await?;
     Ok(Caller { principal, remote })
 }
 
 impl Caller {
-    async fn may(&self, state: &AppState, action: Action, res: Resource<'_>) -> Result<(), Problem> {
-        Ok(state.auth.authorize(&*state.meta, &self.principal, action, res).await?)
+    /// The caller as the admin service sees it.
+    pub(super) fn actor(&self) -> Actor {
+        Actor::Principal {
+            principal: self.principal.clone(),
+            remote: self.remote.clone(),
+        }
     }
 
     pub(super) async fn audit(
@@ -164,20 +167,10 @@ impl Caller {
         outcome: &str,
         detail: Option<String>,
     ) {
-        crate::auth::audit(
-            &*state.meta,
-            AuditRecord {
-                at: now_ms(),
-                actor: self.principal.actor(),
-                action: action.into(),
-                target: target.into(),
-                namespace: ns.map(str::to_string),
-                remote: self.remote.clone(),
-                outcome: outcome.into(),
-                detail,
-            },
-        )
-        .await;
+        state
+            .admin()
+            .record(&self.actor(), action, target, ns, outcome, detail)
+            .await;
     }
 }
 
@@ -197,27 +190,23 @@ pub struct QuotaBody {
     pub bytes: Option<u64>,
 }
 
-fn namespace(ns: &str) -> Result<&str, Problem> {
-    let repo = RepoName::parse(ns)?;
-    if repo.as_str().contains('/') {
-        return Err(Problem(Error::NameInvalid(format!(
-            "{ns:?} is not a namespace (one path segment)"
-        ))));
+impl From<NamespaceInfo> for NamespaceUsage {
+    fn from(n: NamespaceInfo) -> Self {
+        NamespaceUsage {
+            name: n.name,
+            usage_bytes: n.usage_bytes,
+            quota_bytes: n.quota_bytes,
+        }
     }
-    Ok(ns)
+}
+
+fn namespace(ns: &str) -> Result<&str, Problem> {
+    Ok(crate::core::admin::namespace_name(ns)?)
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
     body.map(|Json(b)| b)
         .map_err(|e| Problem(Error::BadRequest(e.body_text())))
-}
-
-async fn usage(state: &AppState, ns: &str) -> Result<NamespaceUsage, Problem> {
-    Ok(NamespaceUsage {
-        name: ns.to_string(),
-        usage_bytes: state.meta.namespace_usage(ns).await?,
-        quota_bytes: state.quota_of(ns).await?,
-    })
 }
 
 #[utoipa::path(
@@ -232,21 +221,9 @@ pub(super) async fn list_namespaces(
     State(state): State<AppState>,
     parts: Parts,
 ) -> Result<Json<Vec<NamespaceUsage>>, Problem> {
-    let c = caller(&state, &parts).await?;
-    let mut out = Vec::new();
-    for ns in state.meta.namespaces().await? {
-        if state
-            .auth
-            .allowed(&*state.meta, &c.principal, Action::Admin, Resource::Namespace(&ns))
-            .await?
-        {
-            out.push(usage(&state, &ns).await?);
-        }
-    }
-    if out.is_empty() && matches!(c.principal, Principal::Anonymous) && state.auth.enabled() {
-        return Err(Problem(Error::Unauthorized("authentication required".into())));
-    }
-    Ok(Json(out))
+    let who = caller(&state, &parts).await?.actor();
+    let list = state.admin().namespaces(&who).await?;
+    Ok(Json(list.into_iter().map(NamespaceUsage::from).collect()))
 }
 
 #[utoipa::path(
@@ -266,11 +243,10 @@ pub(super) async fn get_namespace(
     parts: Parts,
 ) -> Result<Json<NamespaceUsage>, Problem> {
     let ns = namespace(&ns)?;
-    caller(&state, &parts)
-        .await?
-        .may(&state, Action::Admin, Resource::Namespace(ns))
-        .await?;
-    Ok(Json(usage(&state, ns).await?))
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    let info = admin.namespace(&who, ns).await?.info().await?;
+    Ok(Json(info.into()))
 }
 
 #[utoipa::path(
@@ -292,19 +268,11 @@ pub(super) async fn set_quota(
     body: Result<Json<QuotaBody>, JsonRejection>,
 ) -> Result<Json<NamespaceUsage>, Problem> {
     let ns = namespace(&ns)?;
-    let c = caller(&state, &parts).await?;
-    c.may(&state, Action::Admin, Resource::Namespace(ns)).await?;
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    let scope = admin.namespace(&who, ns).await?;
     let body = json_body(body)?;
-    state.meta.set_namespace_quota(ns, body.bytes).await?;
-    c.audit(
-        &state,
-        "quota.set",
-        ns,
-        Some(ns),
-        Some(format!("bytes {:?}", body.bytes)),
-    )
-    .await;
-    Ok(Json(usage(&state, ns).await?))
+    Ok(Json(scope.set_quota(body.bytes).await?.into()))
 }
 
 #[utoipa::path(
@@ -324,10 +292,9 @@ pub(super) async fn clear_quota(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let ns = namespace(&ns)?;
-    let c = caller(&state, &parts).await?;
-    c.may(&state, Action::Admin, Resource::Namespace(ns)).await?;
-    state.meta.set_namespace_quota(ns, None).await?;
-    c.audit(&state, "quota.clear", ns, Some(ns), None).await;
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    admin.namespace(&who, ns).await?.clear_quota().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -356,18 +323,11 @@ pub(super) async fn set_visibility(
     body: Result<Json<VisibilityBody>, JsonRejection>,
 ) -> Result<Json<Value>, Problem> {
     let ns = namespace(&ns)?;
-    let c = caller(&state, &parts).await?;
-    c.may(&state, Action::Admin, Resource::Namespace(ns)).await?;
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    let scope = admin.namespace(&who, ns).await?;
     let body = json_body(body)?;
-    state.meta.set_namespace_public(ns, body.public).await?;
-    c.audit(
-        &state,
-        "namespace.visibility",
-        ns,
-        Some(ns),
-        Some(format!("public {}", body.public)),
-    )
-    .await;
+    scope.set_public(body.public).await?;
     Ok(Json(json!({ "name": ns, "public": body.public })))
 }
 
@@ -388,19 +348,17 @@ pub(super) async fn list_members(
     parts: Parts,
 ) -> Result<Json<Value>, Problem> {
     let ns = namespace(&ns)?;
-    caller(&state, &parts)
-        .await?
-        .may(&state, Action::Admin, Resource::Namespace(ns))
-        .await?;
-    let members: Vec<Value> = state
-        .meta
-        .members(ns)
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    let scope = admin.namespace(&who, ns).await?;
+    let members: Vec<Value> = scope
+        .members()
         .await?
         .into_iter()
         .map(|(p, r)| json!({ "principal": p, "role": r }))
         .collect();
     Ok(Json(
-        json!({ "namespace": ns, "public": state.meta.namespace_public(ns).await?, "members": members }),
+        json!({ "namespace": ns, "public": scope.public().await?, "members": members }),
     ))
 }
 
@@ -429,27 +387,11 @@ pub(super) async fn set_member(
     body: Result<Json<MemberBody>, JsonRejection>,
 ) -> Result<Json<Value>, Problem> {
     let ns = namespace(&ns)?;
-    let c = caller(&state, &parts).await?;
-    c.may(&state, Action::Admin, Resource::Namespace(ns)).await?;
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    let scope = admin.namespace(&who, ns).await?;
     let body = json_body(body)?;
-    let role = Role::parse(&body.role).ok_or_else(|| {
-        Problem(Error::BadRequest(format!(
-            "invalid role {:?} (reader, writer, maintainer, admin)",
-            body.role
-        )))
-    })?;
-    if !crate::auth::is_account_name(&principal) || state.meta.user_get(&principal).await?.is_none() {
-        return Err(Problem(Error::BadRequest(format!("no user {principal:?}"))));
-    }
-    state.meta.set_member(ns, &principal, Some(role.as_str())).await?;
-    c.audit(
-        &state,
-        "member.set",
-        &principal,
-        Some(ns),
-        Some(format!("role {}", role.as_str())),
-    )
-    .await;
+    let role = scope.set_member(&principal, &body.role).await?;
     Ok(Json(
         json!({ "namespace": ns, "principal": principal, "role": role.as_str() }),
     ))
@@ -473,29 +415,20 @@ pub(super) async fn remove_member(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let ns = namespace(&ns)?;
-    let c = caller(&state, &parts).await?;
-    c.may(&state, Action::Admin, Resource::Namespace(ns)).await?;
-    let principal = account(&principal)?;
-    if !state.meta.set_member(ns, principal, None).await? {
-        return Err(Problem(Error::NotFound));
-    }
-    c.audit(&state, "member.remove", principal, Some(ns), None).await;
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    let scope = admin.namespace(&who, ns).await?;
+    found(scope.remove_member(&principal).await?)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A user or robot name from the path: one that cannot exist is not found.
-fn account(name: &str) -> Result<&str, Problem> {
-    if crate::auth::is_account_name(name) {
-        Ok(name)
+/// Not found when the admin service found nothing to change.
+fn found(changed: bool) -> Result<(), Problem> {
+    if changed {
+        Ok(())
     } else {
         Err(Problem(Error::NotFound))
     }
-}
-
-async fn system(state: &AppState, parts: &Parts) -> Result<Caller, Problem> {
-    let c = caller(state, parts).await?;
-    c.may(state, Action::Admin, Resource::System).await?;
-    Ok(c)
 }
 
 #[utoipa::path(
@@ -508,8 +441,10 @@ async fn system(state: &AppState, parts: &Parts) -> Result<Caller, Problem> {
     security((), ("basic" = []))
 )]
 pub(super) async fn list_users(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<User>>, Problem> {
-    system(&state, &parts).await?;
-    Ok(Json(state.meta.users().await?.into_iter().map(User::from).collect()))
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    let users = admin.system(&who).await?.users().await?;
+    Ok(Json(users.into_iter().map(User::from).collect()))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -538,17 +473,11 @@ pub(super) async fn add_user(
     parts: Parts,
     body: Result<Json<UserBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<User>), Problem> {
-    let c = system(&state, &parts).await?;
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    let scope = admin.system(&who).await?;
     let body = json_body(body)?;
-    let user = crate::auth::create_user(&*state.meta, &body.name, &body.password, body.admin).await?;
-    c.audit(
-        &state,
-        "user.add",
-        &user.name,
-        None,
-        Some(format!("admin {}", user.admin)),
-    )
-    .await;
+    let user = scope.add_user(&body.name, &body.password, body.admin).await?;
     Ok((StatusCode::CREATED, Json(User::from(user))))
 }
 
@@ -568,14 +497,9 @@ pub(super) async fn delete_user(
     Path(name): Path<String>,
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
-    let c = system(&state, &parts).await?;
-    let changed = state.meta.user_delete(account(&name)?).await?;
-    // Cached Basic checks of this account must not outlive the change.
-    state.auth.forget_logins();
-    if !changed {
-        return Err(Problem(Error::NotFound));
-    }
-    c.audit(&state, "user.delete", &name, None, None).await;
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    found(admin.system(&who).await?.delete_user(&name).await?)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -595,14 +519,9 @@ pub(super) async fn disable_user(
     Path(name): Path<String>,
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
-    let c = system(&state, &parts).await?;
-    let changed = state.meta.user_set_disabled(account(&name)?, true).await?;
-    // Cached Basic checks of this account must not outlive the change.
-    state.auth.forget_logins();
-    if !changed {
-        return Err(Problem(Error::NotFound));
-    }
-    c.audit(&state, "user.disable", &name, None, None).await;
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    found(admin.system(&who).await?.disable_user(&name).await?)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -616,8 +535,10 @@ pub(super) async fn disable_user(
     security((), ("basic" = []))
 )]
 pub(super) async fn list_robots(State(state): State<AppState>, parts: Parts) -> Result<Json<Vec<Robot>>, Problem> {
-    system(&state, &parts).await?;
-    Ok(Json(state.meta.robots().await?.into_iter().map(Robot::from).collect()))
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    let robots = admin.system(&who).await?.robots().await?;
+    Ok(Json(robots.into_iter().map(Robot::from).collect()))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -646,12 +567,13 @@ pub(super) async fn add_robot(
     parts: Parts,
     body: Result<Json<RobotBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    let c = system(&state, &parts).await?;
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    let scope = admin.system(&who).await?;
     let b = json_body(body)?;
-    let (robot, secret) =
-        crate::auth::create_robot(&*state.meta, &b.name, &b.namespaces, &b.actions, b.expires_days).await?;
-    c.audit(&state, "robot.add", &robot.name, None, Some(robot.namespaces.join(",")))
-        .await;
+    let (robot, secret) = scope
+        .add_robot(&b.name, &b.namespaces, &b.actions, b.expires_days)
+        .await?;
     let mut v = serde_json::to_value(Robot::from(robot.clone())).unwrap_or_else(|_| json!({}));
     v["login"] = json!(format!("{}{}", crate::auth::ROBOT_PREFIX, robot.name));
     v["secret"] = json!(secret);
@@ -674,14 +596,9 @@ pub(super) async fn delete_robot(
     Path(name): Path<String>,
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
-    let c = system(&state, &parts).await?;
-    let changed = state.meta.robot_delete(account(&name)?).await?;
-    // Cached Basic checks of this account must not outlive the change.
-    state.auth.forget_logins();
-    if !changed {
-        return Err(Problem(Error::NotFound));
-    }
-    c.audit(&state, "robot.delete", &name, None, None).await;
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    found(admin.system(&who).await?.delete_robot(&name).await?)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -701,14 +618,9 @@ pub(super) async fn disable_robot(
     Path(name): Path<String>,
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
-    let c = system(&state, &parts).await?;
-    let changed = state.meta.robot_set_disabled(account(&name)?, true).await?;
-    // Cached Basic checks of this account must not outlive the change.
-    state.auth.forget_logins();
-    if !changed {
-        return Err(Problem(Error::NotFound));
-    }
-    c.audit(&state, "robot.disable", &name, None, None).await;
+    let who = caller(&state, &parts).await?.actor();
+    let admin = state.admin();
+    found(admin.system(&who).await?.disable_robot(&name).await?)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -741,31 +653,13 @@ pub(super) async fn list_audit(
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<AuditEntry>>, Problem> {
     let Query(q) = q.map_err(|e| Problem(Error::BadRequest(e.body_text())))?;
-    let c = caller(&state, &parts).await?;
-    // System admins read everything; a namespace admin reads their namespace's records.
-    match &q.namespace {
-        Some(ns) => {
-            c.may(&state, Action::Admin, Resource::Namespace(namespace(ns)?))
-                .await?
-        }
-        None => c.may(&state, Action::Admin, Resource::System).await?,
-    }
-    if q.actor.as_deref().is_some_and(|a| !a.is_ascii()) {
-        return Ok(Json(Vec::new())); // actors are ASCII: nobody matches
-    }
+    let who = caller(&state, &parts).await?.actor();
     let filter = AuditFilter {
         namespace: q.namespace,
         actor: q.actor,
         since: q.since,
         until: q.until,
     };
-    Ok(Json(
-        state
-            .meta
-            .audit(&filter, q.limit.unwrap_or(1000).min(10_000))
-            .await?
-            .into_iter()
-            .map(AuditEntry::from)
-            .collect(),
-    ))
+    let records = state.admin().audit(&who, filter, q.limit).await?;
+    Ok(Json(records.into_iter().map(AuditEntry::from).collect()))
 }

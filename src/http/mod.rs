@@ -78,9 +78,6 @@ pub fn route_label(path: &str) -> &'static str {
 /// Prometheus metrics; the gauges that describe state are read now.
 async fn metrics(State(reg): State<AppState>) -> impl IntoResponse {
     let m = crate::metrics::metrics();
-    let free = reg.blobs.free_space().await.ok().flatten();
-    m.blob_free_bytes
-        .set(free.map_or(-1, |f| f.min(i64::MAX as u64) as i64));
     reg.observe_state().await;
     (
         [(
@@ -107,8 +104,11 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(reg): State<AppState>) -> impl IntoResponse {
-    let meta = reg.meta.check().await;
-    let blobs = reg.blobs.check().await;
+    let crate::core::Readiness {
+        metadata: meta,
+        blobs,
+        free_bytes: free,
+    } = reg.readiness().await;
     let status = if meta.is_ok() && blobs.is_ok() {
         StatusCode::OK
     } else {
@@ -119,7 +119,6 @@ async fn readyz(State(reg): State<AppState>) -> impl IntoResponse {
         Err(e) => e.to_string(),
     };
     // Short of space: still ready (reads are served), but pushes are refused.
-    let free = reg.blobs.free_space().await.ok().flatten();
     let low = free.is_some_and(|f| f < reg.config.min_free_bytes);
     let overall = match (status == StatusCode::OK, low) {
         (false, _) => "unavailable",

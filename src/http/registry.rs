@@ -296,7 +296,7 @@ async fn audit_request(
     };
     let ns = RepoName::parse(name).ok().map(|r| r.namespace().to_string());
     crate::auth::audit(
-        &*reg.meta,
+        &*reg.accounts,
         AuditRecord {
             at: now_ms(),
             actor: actor.unwrap_or_else(|| "anonymous".into()),
@@ -324,11 +324,11 @@ async fn handle(
         return Err(Error::NotFound);
     };
     let (name, action) = requirement(&route, method);
-    let id = reg.auth.identify(&*reg.meta, headers, remote).await?;
+    let id = reg.auth.identify(&*reg.accounts, headers, remote).await?;
     *actor = Some(id.principal.actor());
     let target = name.map(RepoName::parse).transpose()?;
     reg.auth
-        .authorize_repo(&*reg.meta, &id, target.as_ref(), action)
+        .authorize_repo(&*reg.accounts, &id, target.as_ref(), action)
         .await?;
     let q = Query::parse(uri);
     let head = method == Method::HEAD;
@@ -338,7 +338,7 @@ async fn handle(
             .body(Body::from("{}"))),
         (Route::Catalog, Method::GET) => {
             let readable = match &id.token {
-                None => reg.auth.readable(&*reg.meta, &id.principal).await?,
+                None => reg.auth.readable(&*reg.accounts, &id.principal).await?,
                 Some(access) => {
                     if !access
                         .iter()
@@ -346,8 +346,8 @@ async fn handle(
                     {
                         return Err(Error::Denied("the token does not grant the catalog".into()));
                     }
-                    let p = crate::auth::principal_by_actor(&*reg.meta, &id.principal.actor()).await?;
-                    reg.auth.readable(&*reg.meta, &p).await?
+                    let p = crate::auth::principal_by_actor(&*reg.accounts, &id.principal.actor()).await?;
+                    reg.auth.readable(&*reg.accounts, &p).await?
                 }
             };
             let page = reg.catalog(q.page_size()?, q.last()?, readable.as_ref()).await?;
@@ -467,7 +467,11 @@ async fn handle(
                 // A token that lacks pull there while its account has it asks for a wider token
                 // (the challenge names both scopes), so that the mount happens.
                 if let Some(f) = &from {
-                    match reg.auth.authorize_repo(&*reg.meta, &id, Some(f), Action::Pull).await {
+                    match reg
+                        .auth
+                        .authorize_repo(&*reg.accounts, &id, Some(f), Action::Pull)
+                        .await
+                    {
                         Ok(()) => {}
                         Err(e @ Error::InsufficientScope(_)) => return Err(e),
                         Err(_) => from = None,

@@ -66,7 +66,7 @@ async fn answer(
         }))
         .into_response());
     }
-    let access = state.auth.grant(&*state.meta, principal, scopes).await?;
+    let access = state.auth.grant(&*state.accounts, principal, scopes).await?;
     let scope: Vec<String> = access
         .iter()
         .filter(|a| !a.actions.is_empty())
@@ -109,7 +109,7 @@ async fn run_get(state: &AppState, uri: &Uri, parts: &Parts) -> Result<Response>
     let remote = super::remote_addr(&parts.extensions);
     let id: Identity = state
         .auth
-        .identify(&*state.meta, &parts.headers, remote.as_deref())
+        .identify(&*state.accounts, &parts.headers, remote.as_deref())
         .await?;
     if id.token.is_some() {
         return Err(Error::Unauthorized("a token cannot be exchanged for another".into()));
@@ -136,7 +136,10 @@ async fn run_post(state: &AppState, parts: &Parts, body: &[u8]) -> Result<Respon
         Some("password") => {
             let user = one(&form, "username").unwrap_or_default();
             let pass = one(&form, "password").unwrap_or_default();
-            let principal = state.auth.login(&*state.meta, user, pass, remote.as_deref()).await?;
+            let principal = state
+                .auth
+                .login(&*state.accounts, user, pass, remote.as_deref())
+                .await?;
             let offline = one(&form, "access_type") == Some("offline");
             answer(state, &principal, &all(&form, "scope"), offline, api).await
         }
@@ -144,7 +147,7 @@ async fn run_post(state: &AppState, parts: &Parts, body: &[u8]) -> Result<Respon
             let refresh = one(&form, "refresh_token")
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| Error::BadRequest("refresh_token is required with grant_type=refresh_token".into()))?;
-            let principal = state.auth.refresh(&*state.meta, refresh).await?;
+            let principal = state.auth.refresh(&*state.accounts, refresh).await?;
             answer(state, &principal, &all(&form, "scope"), false, api).await
         }
         Some(other) => Err(Error::BadRequest(format!(

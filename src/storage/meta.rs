@@ -1,6 +1,16 @@
-//! The metadata store interface: repositories, blob visibility, manifests, tags, upload
-//! sessions and the event outbox. Backend-neutral: implementations decide how to make each
-//! method atomic.
+//! The metadata store interfaces, one per role, so that each service depends on what it uses:
+//!
+//! * [`RegistryStore`]: what the registry holds (blob links, upload sessions, manifests,
+//!   tags, repositories, referrers, namespace usage and quotas); used by the registry core.
+//! * [`AccountStore`]: users, robots, namespace members and visibility, the audit log and
+//!   shared settings; used by `auth` and `core::admin`.
+//! * [`GcStore`]: the guarded reads and removals of garbage collection (`core::gc`).
+//! * [`CatalogStore`](super::CatalogStore) (the ONAP catalog) and
+//!   [`JobStore`](super::JobStore) (jobs, leases, the event outbox) live in their own modules.
+//!
+//! [`MetadataStore`] names all of them at once; it is for wiring only (one database serves
+//! every role), never for a service's signature. Backend-neutral: implementations decide how
+//! to make each method atomic.
 
 use async_trait::async_trait;
 
@@ -85,8 +95,16 @@ pub struct Referrer {
     pub annotations: Option<String>,
 }
 
+/// Every metadata role one database serves: for wiring (the server, the CLI, tests), not for
+/// the signatures of services, which take the narrowest role trait they use.
+pub trait MetadataStore: RegistryStore + AccountStore + GcStore + super::catalog::CatalogStore {}
+
+impl<T: RegistryStore + AccountStore + GcStore + super::catalog::CatalogStore + ?Sized> MetadataStore for T {}
+
+/// What the registry holds: blob links, upload sessions, manifests, tags, repositories,
+/// referrers, namespace usage and quotas.
 #[async_trait]
-pub trait MetadataStore: super::catalog::CatalogStore + Send + Sync + 'static {
+pub trait RegistryStore: Send + Sync + 'static {
     /// Readiness: the database answers.
     async fn check(&self) -> Result<(), StoreError>;
 
@@ -153,7 +171,6 @@ pub trait MetadataStore: super::catalog::CatalogStore + Send + Sync + 'static {
     async fn tags(&self, repo: &str, limit: u32, last: Option<&str>) -> Result<Option<Vec<String>>, StoreError>;
     /// Repository names in lexical order after `last`.
     async fn repositories(&self, limit: u32, last: Option<&str>) -> Result<Vec<String>, StoreError>;
-    /// Manifests in `repo` whose subject is `subject`.
     /// Bytes of the distinct blobs readable in the repositories of namespace `ns`.
     async fn namespace_usage(&self, ns: &str) -> Result<u64, StoreError>;
     /// Whether a repository of namespace `ns` may read blob `digest`.
@@ -165,15 +182,20 @@ pub trait MetadataStore: super::catalog::CatalogStore + Send + Sync + 'static {
     /// Namespaces that have repositories or a quota, in lexical order.
     async fn namespaces(&self) -> Result<Vec<String>, StoreError>;
 
+    /// Manifests in `repo` whose subject is `subject`.
     async fn referrers(
         &self,
         repo: &str,
         subject: &str,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>, StoreError>;
+}
 
-    // Access control (src/auth). Names are validated by the caller.
-
+/// Accounts and what they may do: users, robots, namespace members and visibility, the audit
+/// log, and settings shared by replicas (src/auth, src/core/admin.rs). Names are validated by
+/// the caller.
+#[async_trait]
+pub trait AccountStore: Send + Sync + 'static {
     /// Create a user; false when the name is taken.
     async fn user_add(&self, user: &UserRecord) -> Result<bool, StoreError>;
     async fn user_get(&self, name: &str) -> Result<Option<UserRecord>, StoreError>;
@@ -209,14 +231,16 @@ pub trait MetadataStore: super::catalog::CatalogStore + Send + Sync + 'static {
     async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// Store a setting unless one is already stored (the first replica wins); returns the stored value.
     async fn setting_init(&self, name: &str, value: &str) -> Result<String, StoreError>;
+}
 
-    // Garbage collection (src/core/gc.rs). The mark phase reads snapshots; every removal then
-    // runs in its own transaction that first locks the row it removes (so a push that relies
-    // on that row either committed before, and is seen, or waits until after) and re-checks
-    // that the row is still garbage. Pushes lock the rows they rely on too: `manifest_put`
-    // the blobs and child manifests it references and its own repo_manifests row, `link_blob`
-    // the blob row and link it refreshes.
-
+/// Garbage collection (src/core/gc.rs). The mark phase reads snapshots; every removal then
+/// runs in its own transaction that first locks the row it removes (so a push that relies on
+/// that row either committed before, and is seen, or waits until after) and re-checks that
+/// the row is still garbage. Pushes lock the rows they rely on too: `manifest_put` the blobs
+/// and child manifests it references and its own repo_manifests row, `link_blob` the blob row
+/// and link it refreshes.
+#[async_trait]
+pub trait GcStore: Send + Sync + 'static {
     /// Every repository, in id order.
     async fn gc_repositories(&self) -> Result<Vec<GcRepository>, StoreError>;
     /// What the mark phase needs to know about repository `repo_id`, read from one snapshot

@@ -2,11 +2,12 @@
 //!
 //! * [`BlobStore`]: content-addressed bytes (layers, configs, disk images) and in-progress
 //!   upload data. Backends: filesystem ([`fs::FsBlobStore`]) and S3 ([`s3::S3BlobStore`]).
-//! * [`MetadataStore`]: everything else (repositories, which blobs each may read, manifests,
-//!   tags, upload sessions, events). One SQL implementation ([`sql::SqlStore`]) serves SQLite,
-//!   PostgreSQL and MariaDB.
-//! * [`JobStore`]: durable jobs, cluster-wide leases and event outbox cursors ([`jobs`]); the
-//!   same SQL backend implements it.
+//! * Metadata, one trait per role ([`meta`]): [`RegistryStore`] (repositories, which blobs
+//!   each may read, manifests, tags, upload sessions), [`AccountStore`] (users, robots,
+//!   members, audit), [`GcStore`] (garbage collection), [`CatalogStore`] (the catalog) and
+//!   [`JobStore`] (durable jobs, cluster-wide leases and event outbox cursors, [`jobs`]).
+//!   [`MetadataStore`] is all but the last at once, for wiring. One SQL implementation
+//!   ([`sql::SqlStore`]) serves SQLite, PostgreSQL and MariaDB.
 
 pub mod blob;
 pub mod catalog;
@@ -20,7 +21,7 @@ pub mod sql;
 pub use blob::{BlobStore, BlobWriter, ByteRange, ByteStream, ChunkBatch};
 pub use catalog::CatalogStore;
 pub use jobs::JobStore;
-pub use meta::MetadataStore;
+pub use meta::{AccountStore, GcStore, MetadataStore, RegistryStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -11,9 +11,10 @@ use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+use super::meta::{AccountStore, GcStore, RegistryStore};
 use super::meta::{AuditFilter, AuditRecord, RobotRecord, UserRecord};
 use super::meta::{GcBlobLink, GcBlobRow, GcItem, GcManifest, GcOutcome, GcRef, GcRepository, GcSnapshot};
-use super::meta::{ManifestRecord, MetadataStore, NewManifest, PutOutcome, Referrer, UploadAdvance, UploadRecord};
+use super::meta::{ManifestRecord, NewManifest, PutOutcome, Referrer, UploadAdvance, UploadRecord};
 use super::{now_ms, StoreError};
 
 mod catalog;
@@ -609,7 +610,7 @@ impl SqlStore {
 }
 
 #[async_trait]
-impl MetadataStore for SqlStore {
+impl RegistryStore for SqlStore {
     async fn check(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
         Ok(())
@@ -982,7 +983,10 @@ impl MetadataStore for SqlStore {
             })
             .collect()
     }
+}
 
+#[async_trait]
+impl AccountStore for SqlStore {
     async fn user_add(&self, u: &UserRecord) -> Result<bool, StoreError> {
         let ins = self
             .dialect
@@ -1275,7 +1279,10 @@ impl MetadataStore for SqlStore {
             .await?;
         Ok(long_text(&row, 0)?.unwrap_or_default())
     }
+}
 
+#[async_trait]
+impl GcStore for SqlStore {
     async fn gc_repositories(&self) -> Result<Vec<GcRepository>, StoreError> {
         let rows = sqlx::query("SELECT id, name FROM repositories ORDER BY id")
             .fetch_all(&self.read)
@@ -1522,7 +1529,7 @@ struct GcNode {
 /// Garbage collection's guarded removals: each runs in one transaction that locks the row it
 /// removes before it reads anything, so it reads every push that committed before the lock
 /// and any push that needs the row waits for it (pushes lock what they rely on: see the
-/// `MetadataStore` trait).
+/// `GcStore` trait).
 impl SqlStore {
     /// Run a removal; a deadlock or serialization failure runs it again (a few times), and a
     /// foreign key violation (a push re-created a reference at the same moment) or a conflict

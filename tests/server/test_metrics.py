@@ -1,5 +1,6 @@
 """Prometheus metrics at /metrics: requests by route, method and status with latency, bytes in
-and out, blob store calls by operation, uploads in flight, free space, indexer lag, GC."""
+and out, blob store calls by operation, metadata database calls by role, operation and
+outcome, uploads in flight, free space, indexer lag, GC."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ def test_metrics_follow_a_push_and_a_pull():
         grew("image_manager_http_response_body_bytes_total", by=len(data))
         grew("image_manager_store_call_duration_seconds_count", store="blob", op="upload_commit")
         grew("image_manager_store_call_duration_seconds_count", store="blob", op="get")
+        # Every metadata call is timed by the one wrapper, by role trait, method and outcome.
+        grew("image_manager_metadata_call_duration_seconds_count", store="registry", op="link_blob", outcome="ok")
+        grew("image_manager_metadata_call_duration_seconds_count", store="registry", op="repo_blob_size",
+             outcome="ok", by=2)
+        assert any(k.startswith("image_manager_metadata_call_duration_seconds_bucket{") for k in after)
         assert value(after, "image_manager_upload_writes_in_flight") == 0
         assert value(after, "image_manager_connections_open") >= 1
         assert value(after, "image_manager_catalog_indexer_lag_events") >= 0
