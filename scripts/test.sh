@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, checks formatting and lints, builds and runs the
-# Rust tests (unit + integration: the oci-client crate, the S3 store against moto), then the
+# Rust tests of the workspace (the server, and the pure parsers of crates/formats; unit +
+# integration: the oci-client crate, the S3 store against moto), then the
 # Python suites against real server processes:
 #   * once (they do not depend on the storage backend): spec-tests/ (OCI conformance) and
 #     tests/clients/ (skopeo, the ORAS SDK and CLI, podman, buildah), plus the tests of
@@ -42,11 +43,11 @@ export IMAGE_MANAGER_BIN="$CARGO_TARGET_DIR/debug/image-manager"
 step "install test dependencies" scripts/install-test-deps.sh
 step "database services" scripts/services.sh
 
-step "cargo fmt --check" cargo fmt --check
-step "cargo clippy" cargo clippy --all-targets -- -D warnings
+step "cargo fmt --check" cargo fmt --all --check
+step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 # `cargo test` also builds the server binary the Python suites run (with the same dependency
 # features as the tests, so nothing is compiled twice).
-step "cargo test" cargo test
+step "cargo test" cargo test --workspace
 # The fuzz targets of fuzz/ are not run here yet: their nightly build costs about 27 min cold
 # on this machine kind, beyond the CI budget. scripts/fuzz.sh runs them (bounded, FUZZ_SECONDS).
 test -x "$IMAGE_MANAGER_BIN" || { echo "no server binary at $IMAGE_MANAGER_BIN" >&2; exit 1; }
