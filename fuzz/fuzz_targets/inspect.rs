@@ -7,7 +7,7 @@
 //! the tail (VHD and VMDK footers) and beyond the 4 MiB prefix (targeted captures) are reached.
 #![no_main]
 
-use image_manager::core::inspect::{DiskFormat, DiskInfo, InspectError, Inspector, Limits, PREFIX_LEN};
+use im_formats::inspect::{DiskFormat, DiskInfo, InspectError, Inspector, Limits, PREFIX_LEN};
 use libfuzzer_sys::fuzz_target;
 
 const CHUNKS: [usize; 8] = [1, 7, 512, 4096, 65536, 1 << 20, 3 << 20, usize::MAX];
