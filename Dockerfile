@@ -3,6 +3,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs rustfmt.toml ./
 COPY src ./src
+COPY crates ./crates
 COPY migrations ./migrations
 RUN cargo build --release --locked && strip target/release/image-manager
 

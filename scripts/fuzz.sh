@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Builds the cargo-fuzz targets in fuzz/ (the pure parsers: disk-image inspector, CSAR reader,
-# manifest parser, Range/Content-Range headers, token scopes) and runs each one for a bounded
-# time, starting from a copy of its committed seed corpus in fuzz/corpus/<target>/ (the copy
-# grows; the committed corpus is never modified). Fails on any crash, failed assertion, leak,
+# Builds the cargo-fuzz targets in fuzz/ (on the pure parsers of crates/formats, and nothing else
+# of the server: disk-image inspector, CSAR reader, manifest parser, Range/Content-Range headers,
+# token scopes) and runs each one for a bounded time, starting from a copy of its committed seed
+# corpus in fuzz/corpus/<target>/ (the copy grows; the committed corpus is never modified). Fails on any crash, failed assertion, leak,
 # timeout or out-of-memory, printing the path of the input that caused it; to keep such an
 # input, fix the parser and copy the file into fuzz/corpus/<target>/.
 #
 #   scripts/fuzz.sh [TARGET...]     all targets when none is named
 #   FUZZ_SECONDS=N                  seconds per target (default 20)
 #
-# Needs the nightly toolchain and cargo-fuzz; installs them when missing.
+# Needs the nightly toolchain and cargo-fuzz; installs them when missing: nightly with rustup
+# (minimal profile), cargo-fuzz from crates.io into a cache folder
+# (${XDG_CACHE_HOME:-~/.cache}/image-manager/cargo-fuzz, a few minutes to build once; nothing
+# depends on the cache, a cold one only makes the run slower).
 # Release build with debug assertions and overflow checks (-O -a); no sanitizer: the crate has
 # no unsafe code of its own, and without one the build is shorter and runs are faster.
 # Target directory: $CARGO_TARGET_DIR/fuzz when set (scripts/test.sh sets it), else fuzz/target.
@@ -21,8 +24,15 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
   rustup toolchain install nightly --profile minimal
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "installing cargo-fuzz"
-  cargo install cargo-fuzz --locked
+  fuzz_root="${XDG_CACHE_HOME:-$HOME/.cache}/image-manager/cargo-fuzz"
+  if [[ ! -x $fuzz_root/bin/cargo-fuzz ]]; then
+    echo "installing cargo-fuzz into $fuzz_root"
+    t0=$(date +%s)
+    # Its own temporary target directory, not the caller's CARGO_TARGET_DIR.
+    env -u CARGO_TARGET_DIR cargo install cargo-fuzz --locked --root "$fuzz_root"
+    echo "cargo-fuzz install: $(($(date +%s) - t0)) s"
+  fi
+  export PATH="$fuzz_root/bin:$PATH"
 fi
 
 seconds=${FUZZ_SECONDS:-20}

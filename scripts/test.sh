@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, checks formatting and lints, builds and runs the
-# Rust tests (unit + integration: the oci-client crate, the S3 store against moto), then the
+# Rust tests of the workspace (the server, and the pure parsers of crates/formats; unit +
+# integration: the oci-client crate, the S3 store against moto), the fuzz targets of fuzz/ for a
+# few seconds each (scripts/fuzz.sh, FUZZ_SECONDS, 15 by default here), then the
 # Python suites against real server processes:
 #   * once (they do not depend on the storage backend): spec-tests/ (OCI conformance) and
 #     tests/clients/ (skopeo, the ORAS SDK and CLI, podman, buildah), plus the tests of
@@ -13,8 +15,9 @@
 # run in parallel; each one's output is printed when it ends, with its duration.
 #
 # Cached between runs on this machine, never required (a cold cache only makes the run slower):
-# the cargo target directory ($IM_CARGO_TARGET_DIR, default ~/.cache/image-manager/target) and
-# pip's own cache.
+# the cargo target directory ($IM_CARGO_TARGET_DIR, default ~/.cache/image-manager/target; the
+# fuzz build goes to its fuzz/ folder), the cargo-fuzz binary (~/.cache/image-manager/cargo-fuzz)
+# and pip's own cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,13 +45,14 @@ export IMAGE_MANAGER_BIN="$CARGO_TARGET_DIR/debug/image-manager"
 step "install test dependencies" scripts/install-test-deps.sh
 step "database services" scripts/services.sh
 
-step "cargo fmt --check" cargo fmt --check
-step "cargo clippy" cargo clippy --all-targets -- -D warnings
+step "cargo fmt --check" cargo fmt --all --check
+step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 # `cargo test` also builds the server binary the Python suites run (with the same dependency
 # features as the tests, so nothing is compiled twice).
-step "cargo test" cargo test
-# The fuzz targets of fuzz/ are not run here yet: their nightly build costs about 27 min cold
-# on this machine kind, beyond the CI budget. scripts/fuzz.sh runs them (bounded, FUZZ_SECONDS).
+step "cargo test" cargo test --workspace
+# The fuzz targets depend only on crates/formats, so their nightly build is short (see
+# scripts/fuzz.sh); each runs a few seconds from its seed corpus, failing on any crash.
+step "fuzz" env FUZZ_SECONDS="${FUZZ_SECONDS:-15}" scripts/fuzz.sh
 test -x "$IMAGE_MANAGER_BIN" || { echo "no server binary at $IMAGE_MANAGER_BIN" >&2; exit 1; }
 
 eval "$(python3 tests/pysupport/s3server.py start --bucket im-test)"

@@ -87,6 +87,35 @@ pub enum Error {
     UnsupportedMediaType(String),
 }
 
+impl From<im_formats::oci::OciError> for Error {
+    fn from(e: im_formats::oci::OciError) -> Self {
+        use im_formats::oci::OciError as E;
+        match e {
+            E::NameInvalid(m) => Error::NameInvalid(m),
+            E::TagInvalid(m) => Error::TagInvalid(m),
+            E::DigestInvalid(m) => Error::DigestInvalid(m),
+            E::Unsupported(m) => Error::Unsupported(m),
+            E::ManifestInvalid(m) => Error::ManifestInvalid(m),
+        }
+    }
+}
+
+impl From<im_formats::scope::ScopeError> for Error {
+    fn from(e: im_formats::scope::ScopeError) -> Self {
+        use im_formats::scope::ScopeError as E;
+        match e {
+            E::Name(name) => name.into(),
+            e @ (E::Invalid(_) | E::Unsupported(_)) => Error::BadRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<im_formats::ranges::ContentRangeError> for Error {
+    fn from(e: im_formats::ranges::ContentRangeError) -> Self {
+        Error::BlobUploadInvalid(e.to_string())
+    }
+}
+
 impl Error {
     /// The HTTP status and OCI error code this error is answered with.
     fn status_code(&self) -> (StatusCode, &'static str) {

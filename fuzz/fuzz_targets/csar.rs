@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use image_manager::core::csar::{open_reader, Limits};
+use im_formats::csar::{open_reader, Limits};
 use libfuzzer_sys::fuzz_target;
 
 fn safe(path: &str) -> bool {

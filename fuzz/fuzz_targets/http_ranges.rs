@@ -1,8 +1,7 @@
 //! `Range` (blob GET) and `Content-Range` (upload PATCH) header parsing.
 #![no_main]
 
-use image_manager::core::uploads::RangeRequest;
-use image_manager::http::headers::{parse_content_range, parse_range};
+use im_formats::ranges::{parse_content_range, parse_range, RangeRequest};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

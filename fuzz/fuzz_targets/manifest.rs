@@ -1,10 +1,10 @@
 //! Manifest parsing (`oci::manifest::parse`): the first byte picks the Content-Type.
 #![no_main]
 
-use image_manager::oci::manifest::{
+use im_formats::oci::manifest::{
     parse, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_ARTIFACT_MANIFEST, OCI_INDEX, OCI_MANIFEST,
 };
-use image_manager::oci::Digest;
+use im_formats::oci::Digest;
 use libfuzzer_sys::fuzz_target;
 
 const TYPES: [&str; 7] = [

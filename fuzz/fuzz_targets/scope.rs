@@ -1,7 +1,7 @@
 //! Docker token `scope` parsing (`type:name:actions` items separated by spaces).
 #![no_main]
 
-use image_manager::auth::{parse_scope, parse_scope_item, ScopeItem};
+use im_formats::scope::{parse_scope, parse_scope_item, ScopeItem};
 use libfuzzer_sys::fuzz_target;
 
 fn render(item: &ScopeItem) -> String {
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     for item in &parsed {
         if let ScopeItem::Repository { repo, .. } = item {
             assert!(
-                image_manager::oci::RepoName::parse(repo.as_str()).is_ok(),
+                im_formats::oci::RepoName::parse(repo.as_str()).is_ok(),
                 "{s:?}: invalid repository name accepted"
             );
             assert!(!repo.as_str().contains(':'), "{s:?}: name with ':'");

@@ -55,83 +55,19 @@ impl AuthMode {
     }
 }
 
-/// What can be done to a namespace's repositories (or the namespace itself).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    Pull,
-    /// Push blobs and manifests, move tags.
-    Push,
-    /// Delete manifests, tags and blobs; set metadata.
-    Delete,
-    /// Manage members, visibility and quota of a namespace.
-    Admin,
-}
+use im_formats::scope::scope_items;
+pub use im_formats::scope::{Action, ScopeItem};
 
-impl Action {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pull" => Some(Action::Pull),
-            "push" => Some(Action::Push),
-            "delete" => Some(Action::Delete),
-            "admin" => Some(Action::Admin),
-            _ => None,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Pull => "pull",
-            Action::Push => "push",
-            Action::Delete => "delete",
-            Action::Admin => "admin",
-        }
-    }
-}
-
-/// One item of a Docker token `scope` parameter, as the token endpoint understands it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScopeItem {
-    /// `repository:NAME:ACTIONS`: the actions asked for, in the order written, `*` expanded to
-    /// pull, push and delete, unknown actions dropped, repeats kept (granting filters them).
-    Repository { repo: RepoName, actions: Vec<Action> },
-    /// `registry:catalog:ACTIONS` (the actions are not looked at).
-    Catalog,
-}
-
-/// The items of one scope string: separated by spaces, empty ones skipped.
-fn scope_items(scope: &str) -> impl Iterator<Item = &str> {
-    scope.split(' ').filter(|s| !s.is_empty())
-}
-
-/// Parses one `type:name:actions` item. The name is what lies between the first and the last
-/// `:`; anything but a valid repository or the registry catalog is refused.
+/// Parses one `type:name:actions` item ([`im_formats::scope::parse_scope_item`]); a refusal is a
+/// [`Error::BadRequest`], or the [`Error::NameInvalid`] of the repository name.
 pub fn parse_scope_item(item: &str) -> Result<ScopeItem> {
-    let (kind, rest) = item
-        .split_once(':')
-        .ok_or_else(|| Error::BadRequest(format!("invalid scope {item:?}")))?;
-    let (name, actions) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| Error::BadRequest(format!("invalid scope {item:?}")))?;
-    match kind {
-        "repository" => {
-            let repo = RepoName::parse(name)?;
-            let mut wanted = Vec::new();
-            for a in actions.split(',') {
-                match a {
-                    "*" => wanted.extend([Action::Pull, Action::Push, Action::Delete]),
-                    other => wanted.extend(Action::parse(other)),
-                }
-            }
-            Ok(ScopeItem::Repository { repo, actions: wanted })
-        }
-        "registry" if name == "catalog" => Ok(ScopeItem::Catalog),
-        _ => Err(Error::BadRequest(format!("unsupported scope {item:?}"))),
-    }
+    Ok(im_formats::scope::parse_scope_item(item)?)
 }
 
-/// Parses a whole scope string (space-separated items; Docker clients send one `scope`
-/// parameter per item or several items in one): every item, or the first one refused.
+/// Parses a whole scope string ([`im_formats::scope::parse_scope`]): every item, or the first one
+/// refused.
 pub fn parse_scope(scope: &str) -> Result<Vec<ScopeItem>> {
-    scope_items(scope).map(parse_scope_item).collect()
+    Ok(im_formats::scope::parse_scope(scope)?)
 }
 
 /// A role in a namespace; each includes the ones before it.
@@ -1182,28 +1118,14 @@ mod tests {
     }
 
     #[test]
-    fn scopes_parse_item_by_item() {
-        let repo = |n: &str, actions: Vec<Action>| ScopeItem::Repository {
-            repo: RepoName::parse(n).expect("name"),
-            actions,
-        };
-        assert_eq!(
-            parse_scope("repository:a/b:pull,push  registry:catalog:*").ok(),
-            Some(vec![repo("a/b", vec![Action::Pull, Action::Push]), ScopeItem::Catalog])
+    fn scope_refusals_are_registry_errors() {
+        assert!(
+            matches!(parse_scope("repository:a"), Err(Error::BadRequest(m)) if m == "invalid scope \"repository:a\"")
         );
-        assert_eq!(
-            parse_scope("repository:a:*,pull,admin,bogus,").ok(),
-            Some(vec![repo(
-                "a",
-                vec![Action::Pull, Action::Push, Action::Delete, Action::Pull, Action::Admin]
-            )])
+        assert!(
+            matches!(parse_scope_item("user:a:pull"), Err(Error::BadRequest(m)) if m.starts_with("unsupported scope"))
         );
-        assert_eq!(parse_scope("repository:a:").ok(), Some(vec![repo("a", vec![])]));
+        assert!(matches!(parse_scope("repository:A:pull"), Err(Error::NameInvalid(_))));
         assert_eq!(parse_scope(" ").ok(), Some(vec![]));
-        assert!(parse_scope("repository:a").is_err());
-        assert!(parse_scope("repository:A:pull").is_err());
-        assert!(parse_scope("registry:other:*").is_err());
-        assert!(parse_scope("repository:a:pull nothing").is_err());
-        assert!(parse_scope_item("user:a:pull").is_err());
     }
 }
