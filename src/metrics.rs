@@ -74,6 +74,7 @@ pub struct Metrics {
     pub store_errors: Family<StoreErrorLabels, Counter>,
     pub store_read_bytes: Family<StoreLabels, Counter>,
     pub meta_duration: Family<MetaLabels, Histogram>,
+    pub sqlite_reads: Family<OutcomeLabels, Counter>,
     pub gc_runs: Family<OutcomeLabels, Counter>,
     pub gc_reclaimed_bytes: Counter,
     pub blob_free_bytes: Gauge,
@@ -153,6 +154,12 @@ impl Metrics {
             "Latency of metadata database calls, by role (store), operation and outcome",
             meta_duration.clone(),
         );
+        let sqlite_reads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "sqlite_hot_reads",
+            "SQLite registry reads run in place (in_place) or handed to sqlx (sqlx)",
+            sqlite_reads.clone(),
+        );
         let gc_runs = Family::<OutcomeLabels, Counter>::default();
         registry.register("gc_runs", "Garbage collections run, by outcome", gc_runs.clone());
         let gc_reclaimed_bytes = Counter::default();
@@ -198,6 +205,7 @@ impl Metrics {
             store_errors,
             store_read_bytes,
             meta_duration,
+            sqlite_reads,
             gc_runs,
             gc_reclaimed_bytes,
             blob_free_bytes,

@@ -19,6 +19,7 @@ use super::{now_ms, StoreError};
 
 mod catalog;
 mod jobs;
+mod sqlite_reads;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -152,6 +153,8 @@ pub struct SqlStore {
     /// Writes; on SQLite one connection, so writers queue instead of failing with SQLITE_BUSY.
     write: AnyPool,
     dialect: Dialect,
+    /// On SQLite, the hottest reads run in place instead ([`sqlite_reads`]).
+    in_place: Option<sqlite_reads::SqliteReads>,
 }
 
 impl SqlStore {
@@ -167,6 +170,12 @@ impl SqlStore {
             url.to_string()
         };
         let opts = AnyConnectOptions::from_str(&url)?;
+        let in_place = match dialect {
+            Dialect::Sqlite => sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+                .ok()
+                .and_then(|o| sqlite_reads::SqliteReads::new(o.get_filename().to_path_buf())),
+            _ => None,
+        };
         let pool = |max: u32| {
             AnyPoolOptions::new()
                 .max_connections(max)
@@ -199,7 +208,12 @@ impl SqlStore {
                 (p.clone(), p)
             }
         };
-        Ok(Self { read, write, dialect })
+        Ok(Self {
+            read,
+            write,
+            dialect,
+            in_place,
+        })
     }
 
     /// Apply the migrations of this database's dialect.
@@ -594,6 +608,9 @@ impl SqlStore {
         key: &str,
         content: bool,
     ) -> Result<Option<ManifestRecord>, StoreError> {
+        if let Some(found) = self.in_place.as_ref().and_then(|r| r.manifest(sql, repo, key, content)) {
+            return Ok(found);
+        }
         let row = sqlx::query(&self.q(sql))
             .bind(repo)
             .bind(key)
@@ -617,13 +634,17 @@ impl RegistryStore for SqlStore {
     }
 
     async fn repo_blob_size(&self, repo: &str, digest: &str) -> Result<Option<u64>, StoreError> {
-        let row = sqlx::query(&self.q("SELECT b.size FROM repo_blobs rb \
+        const SQL: &str = "SELECT b.size FROM repo_blobs rb \
              JOIN repositories r ON r.id = rb.repo_id JOIN blobs b ON b.digest = rb.digest \
-             WHERE r.name = ? AND rb.digest = ?"))
-        .bind(repo)
-        .bind(digest)
-        .fetch_optional(&self.read)
-        .await?;
+             WHERE r.name = ? AND rb.digest = ?";
+        if let Some(found) = self.in_place.as_ref().and_then(|r| r.repo_blob_size(SQL, repo, digest)) {
+            return Ok(found);
+        }
+        let row = sqlx::query(&self.q(SQL))
+            .bind(repo)
+            .bind(digest)
+            .fetch_optional(&self.read)
+            .await?;
         Ok(match row {
             Some(row) => Some(row.try_get::<i64, _>(0)? as u64),
             None => None,
@@ -846,18 +867,29 @@ impl RegistryStore for SqlStore {
     }
 
     async fn tags(&self, repo: &str, limit: u32, last: Option<&str>) -> Result<Option<Vec<String>>, StoreError> {
-        let rows = sqlx::query(
-            &self.q("SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repo_id \
-             WHERE r.name = ? AND t.name > ? ORDER BY t.name LIMIT ?"),
-        )
-        .bind(repo)
-        .bind(last.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await?;
+        const SQL: &str = "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repo_id \
+             WHERE r.name = ? AND t.name > ? ORDER BY t.name LIMIT ?";
+        const KNOWN: &str = "SELECT id FROM repositories WHERE name = ?";
+        if let Some(r) = &self.in_place {
+            if let Some(tags) = r.names(SQL, Some(repo), last.unwrap_or(""), limit) {
+                if !tags.is_empty() {
+                    return Ok(Some(tags));
+                }
+                // No tags (after `last`): tell an empty repository from an unknown one.
+                if let Some(known) = r.exists(KNOWN, repo) {
+                    return Ok(known.then_some(tags));
+                }
+            }
+        }
+        let rows = sqlx::query(&self.q(SQL))
+            .bind(repo)
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?;
         if rows.is_empty() {
             // No tags (after `last`): tell an empty repository from an unknown one.
-            let known = sqlx::query(&self.q("SELECT id FROM repositories WHERE name = ?"))
+            let known = sqlx::query(&self.q(KNOWN))
                 .bind(repo)
                 .fetch_optional(&self.read)
                 .await?;
@@ -870,7 +902,15 @@ impl RegistryStore for SqlStore {
     }
 
     async fn repositories(&self, limit: u32, last: Option<&str>) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(&self.q("SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?"))
+        const SQL: &str = "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?";
+        if let Some(names) = self
+            .in_place
+            .as_ref()
+            .and_then(|r| r.names(SQL, None, last.unwrap_or(""), limit))
+        {
+            return Ok(names);
+        }
+        let rows = sqlx::query(&self.q(SQL))
             .bind(last.unwrap_or(""))
             .bind(i64::from(limit))
             .fetch_all(&self.read)

@@ -45,6 +45,13 @@ def test_metrics_follow_a_push_and_a_pull():
         grew("image_manager_metadata_call_duration_seconds_count", store="registry", op="repo_blob_size",
              outcome="ok", by=2)
         assert any(k.startswith("image_manager_metadata_call_duration_seconds_bucket{") for k in after)
+        if "--database" in os.environ.get("IM_TEST_SERVER_ARGS", ""):
+            # PostgreSQL or MariaDB: every query goes through sqlx.
+            assert not any(k.startswith("image_manager_sqlite_hot_reads") for k in after)
+        else:
+            # SQLite: the pull's reads ran in place, none had to be handed to sqlx.
+            grew("image_manager_sqlite_hot_reads_total", outcome="in_place", by=2)
+            assert value(after, "image_manager_sqlite_hot_reads_total", outcome="sqlx") == 0
         assert value(after, "image_manager_upload_writes_in_flight") == 0
         assert value(after, "image_manager_connections_open") >= 1
         assert value(after, "image_manager_catalog_indexer_lag_events") >= 0
