@@ -326,6 +326,7 @@ impl Registry {
 
     /// The entry `repo:tag` should have now, from the tag's current manifest; `None` when the
     /// tag does not exist.
+    #[tracing::instrument(level = "debug", skip_all, fields(repo, tag))]
     pub async fn derive_entry(&self, repo: &str, tag: &str, source: &str) -> Result<Option<EntryRecord>> {
         let Some(m) = self.meta.manifest_by_tag(repo, tag, true).await? else {
             return Ok(None);
@@ -382,6 +383,7 @@ impl Registry {
     /// many it handled. A store failure that may pass (transient, or a full disk) ends the
     /// round before the event it hit, so that event comes again (and the ones after it); an
     /// event that cannot be indexed for any other reason is reported and passed over.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn index_events(&self, consumer: &mut OutboxConsumer) -> Result<usize> {
         let events = consumer.poll().await?;
         let mut handled = 0;
@@ -440,6 +442,7 @@ impl Registry {
     }
 
     /// Search the catalog as `p` sees it.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn search(&self, p: &Principal, mut q: EntryQuery) -> Result<SearchPage> {
         // These columns hold ASCII only (names, tags, digests, enumerations): a filter with
         // anything else matches nothing, and is not sent to the database.
@@ -533,6 +536,7 @@ impl Registry {
     }
 
     /// Change what maintainers may change about an entry.
+    #[tracing::instrument(level = "debug", skip_all, fields(entry = id))]
     pub async fn update_entry(&self, p: &Principal, id: &str, patch: &EntryPatch) -> Result<EntryRecord> {
         for _ in 0..5 {
             let mut e = self.entry(p, id).await?;
@@ -550,6 +554,7 @@ impl Registry {
     }
 
     /// Delete an entry and its tag. Refused while a VNF package contains it, unless `force`.
+    #[tracing::instrument(level = "debug", skip_all, fields(entry = id))]
     pub async fn delete_entry(&self, p: &Principal, id: &str, force: bool) -> Result<EntryRecord> {
         let e = self.entry(p, id).await?;
         self.auth

@@ -207,6 +207,7 @@ impl Registry {
     /// Upload a VM image as `p`: stream, hash, inspect, store, tag, catalog. An existing
     /// version is a conflict (versions are immutable); the same bytes under another name or
     /// version are stored once.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn ingest_vm_image<S, E>(
         &self,
         p: &Principal,
@@ -346,6 +347,7 @@ impl Registry {
     // ----- resumable uploads ----------------------------------------------------------------
 
     /// Open a resumable upload of a VM image described by `meta`; returns its id.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn start_image_upload(&self, p: &Principal, meta: &ImageMeta) -> Result<String> {
         let (repo, tag, _) = meta.validate(&self.catalog.default_namespace)?;
         self.auth
@@ -455,6 +457,7 @@ impl Registry {
     }
 
     /// Remove resumable uploads whose registry session expired, with their entries.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn expire_image_uploads(&self) -> Result<usize> {
         let mut n = 0;
         for rec in self.entries.image_uploads().await? {
@@ -515,6 +518,7 @@ impl Registry {
     }
 
     /// Append a chunk at `start` (the client's idea of the offset, checked).
+    #[tracing::instrument(level = "debug", skip_all, fields(upload = id))]
     pub async fn append_image_upload<S, E>(
         &self,
         p: &Principal,
@@ -535,6 +539,7 @@ impl Registry {
 
     /// Close the session: read the bytes back once for the three hashes and the inspection,
     /// then store and catalog the image as a single upload would.
+    #[tracing::instrument(level = "debug", skip_all, fields(upload = id))]
     pub async fn finish_image_upload(&self, p: &Principal, id: &str) -> Result<EntryRecord> {
         let (rec, meta, _) = self.image_upload(p, id).await?;
         let repo = RepoName::parse(&rec.repository)?;
@@ -660,6 +665,7 @@ impl Registry {
     }
 
     /// Abandon the session and its bytes.
+    #[tracing::instrument(level = "debug", skip_all, fields(upload = id))]
     pub async fn cancel_image_upload(&self, p: &Principal, id: &str) -> Result<()> {
         let (rec, _, _) = self.image_upload(p, id).await?;
         let repo = RepoName::parse(&rec.repository)?;

@@ -194,6 +194,7 @@ impl Registry {
     }
 
     /// Store a manifest under `reference` (a tag or its own digest), plus any extra `tags`.
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo))]
     pub async fn put_manifest(
         &self,
         repo: &RepoName,
@@ -244,6 +245,7 @@ impl Registry {
     }
 
     /// Fetch a manifest by tag or digest; `content` false fetches only its description (HEAD).
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo))]
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference, content: bool) -> Result<Manifest> {
         let found = match reference {
             Reference::Tag(t) => self.meta.manifest_by_tag(repo.as_str(), t, content).await?,
@@ -258,6 +260,7 @@ impl Registry {
         })
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo))]
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         self.ensure_deletes()?;
         let gone = match reference {
@@ -272,6 +275,7 @@ impl Registry {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo))]
     pub async fn tags(&self, repo: &RepoName, n: Option<u32>, last: Option<&str>) -> Result<Page> {
         let limit = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
         if limit == 0 {
@@ -294,6 +298,7 @@ impl Registry {
     }
 
     /// Repository names after `last`; with `readable`, only those of these namespaces.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn catalog(
         &self,
         n: Option<u32>,
@@ -334,6 +339,7 @@ impl Registry {
     }
 
     /// The referrers of `subject` in `repo` as an OCI image index.
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo, subject = %subject))]
     pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Value> {
         let list = self
             .meta

@@ -156,6 +156,7 @@ impl Drop for TempFile {
 
 impl Registry {
     /// Onboard a VNF package as `p`; returns the package's entry.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn onboard_package<S, E>(&self, p: &Principal, params: &PackageParams, body: S) -> Result<EntryRecord>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,

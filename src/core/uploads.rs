@@ -210,6 +210,7 @@ pub enum Mount {
 
 impl Registry {
     /// Size of a blob readable in `repo`.
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo, digest = %digest))]
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         self.meta
             .repo_blob_size(repo.as_str(), digest.as_str())
@@ -218,6 +219,7 @@ impl Registry {
     }
 
     /// Open a blob readable in `repo`, whole or one range of it (checked here against its size).
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo, digest = %digest))]
     pub async fn get_blob(&self, repo: &RepoName, digest: &Digest, range: Option<RangeRequest>) -> Result<BlobBody> {
         let size = self.stat_blob(repo, digest).await?;
         let range = match range {
@@ -240,6 +242,7 @@ impl Registry {
         Ok(BlobBody { size, range, stream })
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo, digest = %digest))]
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.ensure_deletes()?;
         if self.meta.unlink_blob(repo.as_str(), digest.as_str()).await? {
@@ -249,6 +252,7 @@ impl Registry {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo))]
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadState> {
         self.ensure_room().await?;
         self.check_quota(repo, &Digest::sha256(b""), 0).await?;
@@ -282,6 +286,7 @@ impl Registry {
     }
 
     /// Mount `digest` from repository `from` into `repo`, or open an upload when that is not possible.
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo, digest = %digest))]
     pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Mount> {
         if let Some(from) = from {
             if let Some(size) = self.meta.repo_blob_size(from.as_str(), digest.as_str()).await? {
@@ -526,6 +531,7 @@ impl Registry {
 
     /// Append `body` to upload `id`. `start` is where the client says the chunk begins
     /// (Content-Range), `len` how long it says it is.
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo, upload = id))]
     pub async fn append_upload<S, E>(
         &self,
         repo: &RepoName,
@@ -637,6 +643,7 @@ impl Registry {
 
     /// Close upload `id` with its last chunk (possibly empty; `len` bytes when announced) and
     /// check it against `digest`.
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo, upload = id, digest = %digest))]
     pub async fn finish_upload<S, E>(
         &self,
         repo: &RepoName,
@@ -731,6 +738,7 @@ impl Registry {
 
     /// Push a whole blob whose length the client announced (`Content-Length`): one over the
     /// cap is refused before a byte is stored.
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo, digest = %digest))]
     pub async fn put_blob_sized<S, E>(&self, repo: &RepoName, digest: &Digest, len: Option<u64>, body: S) -> Result<()>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
@@ -764,6 +772,7 @@ impl Registry {
     /// handing every chunk to `taps` too (other hashes, inspection), each of which may be
     /// slower than the disk: a full tap holds the body back. Nothing is readable until
     /// [`Self::commit_staged`]; [`Self::discard_staged`] removes the data.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn stage_blob<S, E>(&self, mut body: S, mut taps: Option<&mut Taps>) -> Result<StagedBlob>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
@@ -815,6 +824,7 @@ impl Registry {
     }
 
     /// Make staged data the blob it hashed to, readable in `repo` (quota checked).
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo))]
     pub async fn commit_staged(&self, repo: &RepoName, staged: &StagedBlob) -> Result<()> {
         let done = self
             .commit_blob(repo, &staged.id, &staged.digest, staged.size, None)
@@ -853,6 +863,7 @@ impl Registry {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo, upload = id))]
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         let rec = self.session_record(repo, id).await?;
         self.cancel_upload_data(&rec).await
@@ -867,6 +878,7 @@ impl Registry {
     }
 
     /// Remove upload sessions idle for longer than the configured expiry; returns how many.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn expire_uploads(&self) -> Result<usize> {
         let cutoff = crate::storage::now_ms() - (self.config.upload_expiry_secs as i64).saturating_mul(1000);
         let ids = self.meta.uploads_idle_since(cutoff).await?;
@@ -881,6 +893,7 @@ impl Registry {
     /// Remove upload data that no session owns and that nobody wrote to for longer than the
     /// configured expiry (a process died during a monolithic or staged upload, or a lease
     /// takeover left the stalled writer's copy); returns how many.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn sweep_orphaned_uploads(&self) -> Result<usize> {
         let cutoff = crate::storage::now_ms() - (self.config.upload_expiry_secs as i64).saturating_mul(1000);
         let mut removed = 0;

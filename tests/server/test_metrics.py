@@ -57,3 +57,19 @@ def test_metrics_follow_a_push_and_a_pull():
         assert value(after, "image_manager_catalog_indexer_lag_events") >= 0
         free = value(after, "image_manager_blob_store_free_bytes")
         assert free > 0 or free == -1  # -1: an S3 store does not tell
+
+
+def test_request_spans_reach_core_and_store_calls():
+    """Tracing: a store call runs in the span of the core operation that made it, inside the
+    request's span, so one request's path can be followed in the logs."""
+    import json
+    env = {"IMAGE_MANAGER_LOG__FORMAT": "json", "RUST_LOG": "image_manager=debug,sqlx=debug,tower_http=debug"}
+    with imserver.Server(env=env) as srv:
+        data = os.urandom(2048)
+        r = requests.post(f"{srv.url}/v2/spans/repo/blobs/uploads/?digest={digest(data)}", data=data, timeout=30)
+        assert r.status_code == 201, r.text
+        lines = [json.loads(line) for line in srv.log_path.read_text().splitlines() if line.startswith("{")]
+    chains = [[s.get("name") for s in ev.get("spans", [])] for ev in lines]
+    assert any(c[:1] == ["request"] and "put_blob_sized" in c and c[-1] == "metadata_store" for c in chains), chains[-20:]
+    stores = [ev["span"] for ev in lines if ev.get("span", {}).get("name") == "metadata_store"]
+    assert any(s.get("store") == "registry" and s.get("op") == "link_blob" for s in stores), stores
