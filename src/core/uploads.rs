@@ -218,6 +218,18 @@ impl Registry {
             .ok_or(Error::BlobUnknown)
     }
 
+    /// Where a client may fetch blob `digest` of `repo` from the store itself (a presigned URL,
+    /// with `storage.redirect` on a store that offers them), once it is known to be readable
+    /// in `repo`; `None`: the bytes are served by us.
+    #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo, digest = %digest))]
+    pub async fn blob_redirect(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
+        let Some(url) = self.blobs.redirect_url(digest).await? else {
+            return Ok(None);
+        };
+        self.stat_blob(repo, digest).await?;
+        Ok(Some(url))
+    }
+
     /// Open a blob readable in `repo`, whole or one range of it (checked here against its size).
     #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo, digest = %digest))]
     pub async fn get_blob(&self, repo: &RepoName, digest: &Digest, range: Option<RangeRequest>) -> Result<BlobBody> {

@@ -433,8 +433,7 @@ async fn handle(
             }
             // `storage.redirect` with a store that presigns (S3): the client fetches the bytes,
             // Range included, from the store, once we know the blob is readable here.
-            if let Some(location) = reg.blobs.redirect_url(&digest).await? {
-                reg.stat_blob(&repo, &digest).await?;
+            if let Some(location) = reg.blob_redirect(&repo, &digest).await? {
                 return Ok(Reply::new(StatusCode::TEMPORARY_REDIRECT)
                     .header(header::LOCATION, location)
                     .header(CONTENT_DIGEST, digest.as_str())

@@ -178,3 +178,29 @@ def test_refuses_a_schema_newer_than_it_knows(tmp_path):
         srv.close()
     out = subprocess.run([imserver.binary(), "migrate", "--data-dir", str(data)], capture_output=True, text=True)
     assert out.returncode != 0 and "newer" in out.stderr
+
+
+def test_blob_redirects_with_a_presigning_store():
+    """`storage.redirect`: on S3 a blob GET readable in the repository is a 307 to a presigned URL
+    that serves the bytes (Range too); a blob the repository does not hold is still 404, never
+    a URL; a filesystem store serves the bytes itself."""
+    on_s3 = "s3://" in os.environ.get("IM_TEST_SERVER_ARGS", "")
+    with imserver.Server(env={"IMAGE_MANAGER_STORAGE__REDIRECT": "true"}) as srv:
+        name, data = repo(), os.urandom(5000)
+        d = digest(data)
+        r = requests.post(f"{srv.url}/v2/{name}/blobs/uploads/?digest={d}", data=data, timeout=30)
+        assert r.status_code == 201, r.text
+        r = requests.get(f"{srv.url}/v2/{name}/blobs/{d}", allow_redirects=False, timeout=30)
+        if on_s3:
+            assert r.status_code == 307, r.text
+            assert r.headers["Docker-Content-Digest"] == d
+            location = r.headers["Location"]
+            assert location.startswith("http") and "X-Amz-Signature=" in location
+            assert requests.get(location, timeout=30).content == data
+            ranged = requests.get(location, headers={"Range": "bytes=10-19"}, timeout=30)
+            assert ranged.status_code == 206 and ranged.content == data[10:20]
+        else:
+            assert r.status_code == 200 and r.content == data
+        other = requests.get(f"{srv.url}/v2/{repo()}/blobs/{d}", allow_redirects=False, timeout=30)
+        assert other.status_code == 404 and "Location" not in other.headers
+        assert other.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
