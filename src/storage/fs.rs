@@ -11,7 +11,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::blob::{BlobStore, BlobWriter, ByteRange, ByteStream, ChunkBatch};
@@ -91,9 +91,10 @@ fn stream_file(mut file: File, mut len: u64) -> ByteStream {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(1);
     tokio::task::spawn_blocking(move || {
         while len > 0 {
-            let want = len.min(READ_CHUNK as u64) as usize;
-            let mut buf = BytesMut::zeroed(want);
-            let res = file.read(&mut buf).and_then(|n| {
+            let want = len.min(READ_CHUNK as u64);
+            // read_to_end fills the spare capacity without zeroing it first.
+            let mut buf = Vec::with_capacity(want as usize);
+            let res = (&mut file).take(want).read_to_end(&mut buf).and_then(|n| {
                 if n == 0 {
                     Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -104,9 +105,8 @@ fn stream_file(mut file: File, mut len: u64) -> ByteStream {
                 }
             });
             let item = res.map(|n| {
-                buf.truncate(n);
                 len -= n as u64;
-                buf.freeze()
+                Bytes::from(buf)
             });
             let failed = item.is_err();
             if tx.blocking_send(item).is_err() || failed {
