@@ -3,84 +3,20 @@
 //! Each chunk of a chunked upload goes through a new store and client, as if another replica
 //! served it.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use image_manager::core::names::Digest;
-use image_manager::storage::s3::{client_for, Credentials, S3BlobStore, S3Url};
+use image_manager::storage::s3::S3BlobStore;
 use image_manager::storage::{BlobStore, ByteRange, ByteStream};
+
+#[path = "support/moto.rs"]
+mod moto;
+use moto::Moto;
 use sha2::{Digest as _, Sha256};
 
 const MIB: usize = 1024 * 1024;
-
-/// A moto server, killed when dropped.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    async fn start() -> Moto {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m moto.server (scripts/install-test-deps.sh installs moto)");
-        let mut moto = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto exited with {status}: is moto[server] installed?");
-            }
-            if let Ok(r) = http.get(&moto.endpoint).timeout(Duration::from_secs(2)).send().await {
-                if r.status().is_success() {
-                    return moto;
-                }
-            }
-            assert!(Instant::now() < deadline, "moto did not answer within 60 s");
-            tokio::time::sleep(Duration::from_millis(100)).await; // readiness polling interval
-        }
-    }
-
-    fn url(&self, bucket: &str, prefix: &str) -> S3Url {
-        S3Url::parse(&format!(
-            "s3://{bucket}/{prefix}?endpoint={}&region=us-east-1&path_style=true",
-            self.endpoint
-        ))
-        .unwrap()
-    }
-
-    /// A store on `bucket`/`prefix` with its own client, as a separate replica would have.
-    async fn store(&self, bucket: &str, prefix: &str, redirect: bool) -> S3BlobStore {
-        let url = self.url(bucket, prefix);
-        let client = client_for(&url, Some(Credentials::new("test", "test", None, None, "test"))).await;
-        S3BlobStore::with_client(client, &url, redirect)
-    }
-
-    async fn bucket(&self, bucket: &str) -> S3BlobStore {
-        let store = self.store(bucket, "pre/fix", false).await;
-        store.client().create_bucket().bucket(bucket).send().await.unwrap();
-        store.check().await.unwrap();
-        store
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Deterministic, incompressible test data.
 fn data(len: usize, seed: u64) -> Vec<u8> {

@@ -10,10 +10,7 @@
 //! scripts/install-test-deps.sh) must be there, or the tests fail. The metadata stores are
 //! used through [`InstrumentedMeta`], as the server uses them.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -27,10 +24,14 @@ use image_manager::storage::instrumented::InstrumentedMeta;
 use image_manager::storage::meta::{
     AuditFilter, AuditRecord, GcOutcome, NewManifest, PutOutcome, RobotRecord, UploadAdvance, UserRecord,
 };
-use image_manager::storage::s3::{client_for, Credentials, S3BlobStore, S3Url};
+use image_manager::storage::s3::S3BlobStore;
 use image_manager::storage::sql::SqlStore;
 use image_manager::storage::{now_ms, BlobStore, ByteRange, ByteStream, MetadataStore};
 use sqlx::{Connection, Executor};
+
+#[path = "support/moto.rs"]
+mod moto;
+use moto::Moto;
 
 // ----- backends -------------------------------------------------------------------------------
 
@@ -115,73 +116,10 @@ impl Drop for TestDb {
     }
 }
 
-/// A moto server, killed when dropped.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    async fn start() -> Moto {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("a free port")
-            .local_addr()
-            .expect("its address")
-            .port();
-        let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m moto.server (scripts/install-test-deps.sh installs moto)");
-        let mut moto = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto exited with {status}: is moto[server] installed?");
-            }
-            if let Ok(r) = http.get(&moto.endpoint).timeout(Duration::from_secs(2)).send().await {
-                if r.status().is_success() {
-                    return moto;
-                }
-            }
-            assert!(Instant::now() < deadline, "moto did not answer within 60 s");
-            tokio::time::sleep(Duration::from_millis(100)).await; // readiness polling interval
-        }
-    }
-
-    /// A store on a new bucket of its own.
-    async fn store(&self) -> S3BlobStore {
-        let bucket = format!("contract-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let url = S3Url::parse(&format!(
-            "s3://{bucket}/pre/fix?endpoint={}&region=us-east-1&path_style=true",
-            self.endpoint
-        ))
-        .expect("S3 URL");
-        let client = client_for(&url, Some(Credentials::new("test", "test", None, None, "test"))).await;
-        let store = S3BlobStore::with_client(client, &url, false);
-        store
-            .client()
-            .create_bucket()
-            .bucket(&bucket)
-            .send()
-            .await
-            .expect("create bucket");
-        store.check().await.expect("bucket answers");
-        store
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A store on a new bucket of its own.
+async fn s3_store(moto: &Moto) -> S3BlobStore {
+    let bucket = format!("contract-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    moto.bucket(&bucket).await
 }
 
 /// Fresh blob stores of each kind: a new temporary directory, a new bucket on one moto.
@@ -203,7 +141,7 @@ impl BlobBackends {
         let dir = tempfile::tempdir().expect("temporary directory");
         let fs = FsBlobStore::open(dir.path(), false).expect("filesystem blob store");
         self.dirs.lock().expect("dirs").push(dir);
-        vec![("fs", Arc::new(fs)), ("s3", Arc::new(self.moto.store().await))]
+        vec![("fs", Arc::new(fs)), ("s3", Arc::new(s3_store(&self.moto).await))]
     }
 }
 
@@ -1190,8 +1128,11 @@ async fn gc_trash_and_restore(on: &str, reg: &Registry, m: &dyn MetadataStore, b
     let new = push(reg, &repo, "v1", &[b"new layer", b"shared"]).await;
 
     // What the moved tag left goes, bytes included; nothing else does. (Ages count in ms:
-    // let the clock pass what was just pushed.)
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // wait for the clock to pass the millisecond of the last push.)
+    let pushed = now_ms();
+    while now_ms() <= pushed {
+        tokio::task::yield_now().await;
+    }
     let report = collect(m, blobs, &NOW, None).await.expect("collect");
     assert_eq!(
         (report.manifests, report.blobs, report.blobs_skipped),
