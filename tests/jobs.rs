@@ -18,63 +18,14 @@ use image_manager::core::outbox::OutboxConsumer;
 use image_manager::storage::jobs::{JobState, JobStore, NewJob};
 use image_manager::storage::now_ms;
 use image_manager::storage::sql::SqlStore;
-use sqlx::{Connection, Executor, Row};
+use sqlx::{Executor, Row};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-    MariaDb,
-}
-
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
-const MARIADB_ADMIN: &str = "mysql://root@127.0.0.1:3306/test";
-
-/// A database of its own for one test, dropped with it.
-struct TestDb {
-    backend: Backend,
-    url: String,
-    name: String,
-    _dir: Option<tempfile::TempDir>,
-}
+#[path = "support/databases.rs"]
+mod databases;
+use databases::{Backend, TestDb};
 
 impl TestDb {
-    async fn create(backend: Backend) -> TestDb {
-        sqlx::any::install_default_drivers();
-        let name = format!("im_jobs_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let (url, dir) = match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temporary directory");
-                (
-                    format!("sqlite://{}", dir.path().join("metadata.db").display()),
-                    Some(dir),
-                )
-            }
-            Backend::Postgres | Backend::MariaDb => {
-                let admin = if backend == Backend::Postgres {
-                    PG_ADMIN
-                } else {
-                    MARIADB_ADMIN
-                };
-                let mut conn = sqlx::AnyConnection::connect(admin)
-                    .await
-                    .unwrap_or_else(|e| panic!("{backend:?} at {admin} is not reachable (scripts/services.sh): {e}"));
-                conn.execute(format!("CREATE DATABASE {name}").as_str())
-                    .await
-                    .expect("CREATE DATABASE");
-                let _ = conn.close().await;
-                (admin.replace("/test", &format!("/{name}")), None)
-            }
-        };
-        TestDb {
-            backend,
-            url,
-            name,
-            _dir: dir,
-        }
-    }
-
     /// A store of its own (a pool of its own: one "replica"), migrated.
     async fn store(&self) -> Arc<SqlStore> {
         let store = SqlStore::connect(&self.url, false).await.expect("connecting the store");
@@ -107,37 +58,6 @@ impl TestDb {
 
 fn url_is_sqlite(conn: &sqlx::AnyConnection) -> bool {
     conn.backend_name().eq_ignore_ascii_case("sqlite")
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let admin = match self.backend {
-            Backend::Sqlite => return,
-            Backend::Postgres => PG_ADMIN,
-            Backend::MariaDb => MARIADB_ADMIN,
-        };
-        let sql = match self.backend {
-            Backend::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            _ => format!("DROP DATABASE IF EXISTS {}", self.name),
-        };
-        // Drop runs inside the test's runtime (possibly while a failed test unwinds): use a
-        // runtime of its own on another thread.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut conn = sqlx::AnyConnection::connect(admin).await.ok()?;
-                conn.execute(sql.as_str()).await.ok()?;
-                conn.close().await.ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
-            eprintln!("could not drop test database {}", self.name);
-        }
-    }
 }
 
 /// Wait until `cond` holds, checking every 20 ms, failing after `timeout`.
@@ -240,7 +160,7 @@ on_every_backend!(
 // ----- (a) two replicas, several workers each, 200 jobs ------------------------------------
 
 async fn two_replicas_run_every_job_once(backend: Backend) {
-    let db = TestDb::create(backend).await;
+    let db = TestDb::create(backend, "im_jobs").await;
     let replicas = [db.store().await, db.store().await];
     let ledger = Ledger::default();
     let stop = CancellationToken::new();
@@ -331,7 +251,7 @@ async fn child_worker() {
 }
 
 async fn a_killed_worker_s_job_is_finished_by_another(backend: Backend) {
-    let db = TestDb::create(backend).await;
+    let db = TestDb::create(backend, "im_jobs").await;
     let store = db.store().await;
     let (id, _) = store.enqueue(&job("kill", "hang", 5)).await.expect("enqueue");
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -403,7 +323,7 @@ async fn a_killed_worker_s_job_is_finished_by_another(backend: Backend) {
 // ----- unique keys, dead letters, fencing -----------------------------------------------------
 
 async fn unique_keys_dedupe_until_done(backend: Backend) {
-    let db = TestDb::create(backend).await;
+    let db = TestDb::create(backend, "im_jobs").await;
     let store = db.store().await;
     let (a, created) = store
         .enqueue(&job("u", "k", 3).unique("copy:x"))
@@ -460,7 +380,7 @@ async fn unique_keys_dedupe_until_done(backend: Backend) {
 }
 
 async fn jobs_die_after_their_attempts(backend: Backend) {
-    let db = TestDb::create(backend).await;
+    let db = TestDb::create(backend, "im_jobs").await;
     let store = db.store().await;
     // Through the store: three failed claims, then dead.
     let (id, _) = store.enqueue(&job("d", "k", 3)).await.expect("enqueue");
@@ -570,7 +490,7 @@ async fn jobs_die_after_their_attempts(backend: Backend) {
 }
 
 async fn a_stale_owner_is_fenced(backend: Backend) {
-    let db = TestDb::create(backend).await;
+    let db = TestDb::create(backend, "im_jobs").await;
     let store = db.store().await;
     let (id, _) = store.enqueue(&job("f", "k", 5)).await.expect("enqueue");
     let got = store.claim("f", "old", 1, 1).await.expect("claim");
@@ -605,7 +525,7 @@ async fn a_stale_owner_is_fenced(backend: Backend) {
 // ----- leases ------------------------------------------------------------------------------
 
 async fn leases_have_one_holder(backend: Backend) {
-    let db = TestDb::create(backend).await;
+    let db = TestDb::create(backend, "im_jobs").await;
     let (a, b) = (db.store().await, db.store().await);
     assert!(a.lease_acquire("gc", "a", 60_000).await.expect("acquire"));
     assert!(!b.lease_acquire("gc", "b", 60_000).await.expect("acquire"));
@@ -668,7 +588,7 @@ async fn insert_event(conn: &mut sqlx::AnyConnection, backend: Backend) -> i64 {
 }
 
 async fn cursors_only_advance_and_prune_the_outbox(backend: Backend) {
-    let db = TestDb::create(backend).await;
+    let db = TestDb::create(backend, "im_jobs").await;
     let store = db.store().await;
     assert_eq!(store.cursor_get("c").await.expect("get"), None);
     store.cursor_set("c", 5).await.expect("set");
@@ -714,7 +634,7 @@ async fn cursors_only_advance_and_prune_the_outbox(backend: Backend) {
 }
 
 async fn migration_moves_the_indexer_setting(backend: Backend) {
-    let db = TestDb::create(backend).await;
+    let db = TestDb::create(backend, "im_jobs").await;
     let store = db.store().await;
     let pool = db.pool(1).await;
     // Undo 0007 as if the database was at 0006 with the indexer's setting, then migrate again.
@@ -779,7 +699,7 @@ async fn outbox_consumer_sees_out_of_order_commits_mariadb() {
 }
 
 async fn out_of_order_commits(backend: Backend) {
-    let db = TestDb::create(backend).await;
+    let db = TestDb::create(backend, "im_jobs").await;
     let store = db.store().await;
     let pool = db.pool(24).await;
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -899,7 +819,7 @@ async fn the_catalog_indexer_follows_the_outbox(backend: Backend) {
     use image_manager::storage::fs::FsBlobStore;
     use image_manager::storage::CatalogStore;
 
-    let db = TestDb::create(backend).await;
+    let db = TestDb::create(backend, "im_jobs").await;
     let store = db.store().await;
     let dir = tempfile::tempdir().expect("temporary directory");
     let blobs = Arc::new(FsBlobStore::open(dir.path(), false).expect("blob store"));
@@ -984,7 +904,7 @@ async fn queue_depth_and_age_reach_the_metrics() {
     use image_manager::core::Registry;
     use image_manager::storage::fs::FsBlobStore;
 
-    let db = TestDb::create(Backend::Sqlite).await;
+    let db = TestDb::create(Backend::Sqlite, "im_jobs").await;
     let store = db.store().await;
     let dir = tempfile::tempdir().expect("temporary directory");
     let blobs = Arc::new(FsBlobStore::open(dir.path(), false).expect("blob store"));

@@ -27,7 +27,6 @@ use image_manager::storage::meta::{
 use image_manager::storage::s3::S3BlobStore;
 use image_manager::storage::sql::SqlStore;
 use image_manager::storage::{now_ms, BlobStore, ByteRange, ByteStream, MetadataStore};
-use sqlx::{Connection, Executor};
 
 #[path = "support/moto.rs"]
 mod moto;
@@ -35,85 +34,18 @@ use moto::Moto;
 
 // ----- backends -------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-    MariaDb,
-}
+#[path = "support/databases.rs"]
+mod databases;
+use databases::{Backend, TestDb};
 
 const DATABASES: [Backend; 3] = [Backend::Sqlite, Backend::Postgres, Backend::MariaDb];
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
-const MARIADB_ADMIN: &str = "mysql://root@127.0.0.1:3306/test";
 
-/// A database of its own for one test, dropped with it.
-struct TestDb {
-    db: Backend,
-    name: String,
-    store: Arc<dyn MetadataStore>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl TestDb {
-    async fn create(db: Backend) -> TestDb {
-        sqlx::any::install_default_drivers();
-        let name = format!("im_contract_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let (url, dir) = match db {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temporary directory");
-                (
-                    format!("sqlite://{}", dir.path().join("metadata.db").display()),
-                    Some(dir),
-                )
-            }
-            Backend::Postgres | Backend::MariaDb => {
-                let admin = if db == Backend::Postgres {
-                    PG_ADMIN
-                } else {
-                    MARIADB_ADMIN
-                };
-                let mut conn = sqlx::AnyConnection::connect(admin)
-                    .await
-                    .unwrap_or_else(|e| panic!("{db:?} at {admin} is not reachable (scripts/services.sh): {e}"));
-                conn.execute(format!("CREATE DATABASE {name}").as_str())
-                    .await
-                    .expect("CREATE DATABASE");
-                let _ = conn.close().await;
-                (admin.replace("/test", &format!("/{name}")), None)
-            }
-        };
-        let store = SqlStore::connect(&url, false).await.expect("connecting the store");
-        store.migrate().await.expect("migrations");
-        TestDb {
-            db,
-            name,
-            store: InstrumentedMeta::wrap(Arc::new(store)),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (admin, sql) = match self.db {
-            Backend::Sqlite => return,
-            Backend::Postgres => (PG_ADMIN, format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)),
-            Backend::MariaDb => (MARIADB_ADMIN, format!("DROP DATABASE IF EXISTS {}", self.name)),
-        };
-        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            if let Ok(rt) = rt {
-                rt.block_on(async {
-                    if let Ok(mut conn) = sqlx::AnyConnection::connect(admin).await {
-                        let _ = conn.execute(sql.as_str()).await;
-                        let _ = conn.close().await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
+/// A fresh database of kind `db` behind a migrated store, used as the server uses it.
+async fn fresh_store(db: Backend) -> (TestDb, Arc<dyn MetadataStore>) {
+    let t = TestDb::create(db, "im_contract").await;
+    let store = SqlStore::connect(&t.url, false).await.expect("connecting the store");
+    store.migrate().await.expect("migrations");
+    (t, InstrumentedMeta::wrap(Arc::new(store)))
 }
 
 /// A store on a new bucket of its own.
@@ -413,8 +345,8 @@ async fn blob_stores_trash_restore_and_purge() {
 macro_rules! on_every_database {
     ($f:ident) => {
         for db in DATABASES {
-            let t = TestDb::create(db).await;
-            $f(db, &*t.store).await;
+            let (_db, store) = fresh_store(db).await;
+            $f(db, &*store).await;
         }
     };
 }
@@ -1035,9 +967,9 @@ macro_rules! on_every_pairing {
         let b = BlobBackends::start().await;
         for db in DATABASES {
             for (name, blobs) in b.fresh().await {
-                let t = TestDb::create(db).await;
-                let reg = Registry::new(blobs.clone(), t.store.clone(), RegistryConfig::default());
-                $f(&format!("{name}+{db:?}"), &reg, &*t.store, &*blobs).await;
+                let (_db, store) = fresh_store(db).await;
+                let reg = Registry::new(blobs.clone(), store.clone(), RegistryConfig::default());
+                $f(&format!("{name}+{db:?}"), &reg, &*store, &*blobs).await;
             }
         }
     };
