@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suites need on a fresh machine of this kind (Debian, root):
-# skopeo, podman and buildah (tests/clients), qemu-img (test disk images) and openssl (test
-# certificates) from Debian, the Python test packages from PyPI (moto's S3 server and
+# skopeo, podman and buildah (tests/clients), qemu-img (test disk images), openssl (test
+# certificates) and docker-registry (CNCF Distribution, the target of tests/oci_target.rs) from
+# Debian, the Python test packages from PyPI (moto's S3 server and
 # schemathesis included), and the oras CLI (scripts/install-tools.sh).
 # The podman/buildah tests use vfs storage and chroot isolation, so as root they need nothing
 # beyond the packages' own dependencies (crun or runc, conmon, uidmap); run as another user,
@@ -17,12 +18,18 @@ command -v podman >/dev/null 2>&1 || need_apt+=(podman)
 command -v buildah >/dev/null 2>&1 || need_apt+=(buildah)
 command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+[ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
 # The build links OpenSSL's libcrypto (sha512 and md5 of VM image ingest).
 { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; } || need_apt+=(libssl-dev pkg-config)
 if ((${#need_apt[@]})); then
   echo "installing Debian packages: ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# The package's own service (where systemd runs one) would hold port 5000: the tests start
+# their registries themselves.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
 if (($(id -u) != 0)); then
