@@ -7,8 +7,9 @@
 # the venvs live in the cache folder, reused while their stamp matches.
 #
 #   start.sh                 install the venvs when missing, then start (idempotent)
-#   start.sh --install-only  only create the venvs (glance, and keystone; used by
-#                            scripts/install-test-deps.sh so that tests never pip-install)
+#   start.sh --install-only  only create the venvs (glance, and keystone) and the database
+#                            templates (used by scripts/install-test-deps.sh, so that tests
+#                            never pip-install and start in seconds)
 #   GLANCE_NO_INSTALL=1      fail instead of installing when a venv is missing or stale
 #
 # stdout: KEY=VALUE lines (GLANCE_ENDPOINT=..., ...); progress goes to stderr.
@@ -47,10 +48,13 @@ ETC="$GLANCE_DATA_DIR/etc"
 LOG="$GLANCE_DATA_DIR/log"
 RUN="$GLANCE_DATA_DIR/run"
 KSDATA="$GLANCE_DATA_DIR/keystone"
+# Freshly initialised databases (and keystone keys), copied into new data dirs.
+TEMPLATES="$CACHE/glance-templates"
 GLANCE_URL="http://$GLANCE_HOST:$GLANCE_PORT"
 KEYSTONE_URL="http://$KEYSTONE_HOST:$KEYSTONE_PORT"
 
-log() { echo "[glance/start.sh] $*" >&2; }
+T0=$SECONDS
+log() { echo "[glance/start.sh +$((SECONDS - T0))s] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 command -v curl >/dev/null || die "curl is required"
@@ -199,6 +203,22 @@ if ((INSTALL_ONLY)); then
   rc=0
   wait $g || rc=1
   wait $k || rc=1
+  ((rc == 0)) || exit $rc
+  # Also the database templates (see below): one keystone-mode start and stop on free ports,
+  # so that the first test's Glance starts as fast as the next ones.
+  if ! compgen -G "$CACHE/glance-templates/keystone-*/.complete" >/dev/null ||
+     ! compgen -G "$CACHE/glance-templates/glance-*/.complete" >/dev/null; then
+    tmp="$(mktemp -d)"
+    ports="$("$PYTHON" -c 'import socket
+ss = [socket.socket() for _ in range(2)]
+[s.bind(("127.0.0.1", 0)) for s in ss]
+print(*[s.getsockname()[1] for s in ss])')"
+    read -r gp kp <<<"$ports"
+    log "preparing the database templates (a keystone-mode start in $tmp)"
+    GLANCE_AUTH=keystone GLANCE_DATA_DIR="$tmp" GLANCE_PORT="$gp" KEYSTONE_PORT="$kp" \
+      bash "$HERE/start.sh" >/dev/null || rc=1
+    GLANCE_DATA_DIR="$tmp" GLANCE_PURGE=1 bash "$HERE/stop.sh" 2>/dev/null
+  fi
   exit $rc
 fi
 
@@ -240,18 +260,40 @@ if [[ $GLANCE_AUTH == keystone ]]; then
   render "$HERE/keystone.conf.in" "$KSDATA/keystone.conf" \
     "DEBUG=$GLANCE_DEBUG" "LOG=$LOG" "KSDATA=$KSDATA"
   KM=(env PYTHONWARNINGS=ignore "$KEYSTONE_VENV/bin/keystone-manage" --config-file "$KSDATA/keystone.conf")
+  setup_stamp="$(echo "$GLANCE_URL $KEYSTONE_URL $KEYSTONE_REGION $KEYSTONE_ADMIN_PASSWORD $GLANCE_SERVICE_PASSWORD $KEYSTONE_DEMO_PASSWORD" | cat - "$HERE/keystone_setup.py" | sha256sum | cut -d' ' -f1)"
+  # Each keystone-manage run and each Keystone call of keystone_setup.py costs seconds: the
+  # first fully set up Keystone of a venv is kept as a template (database and keys) that new
+  # data dirs copy, with the catalog's URLs pointed at their own ports.
+  tpl="$TEMPLATES/keystone-$(echo "$(cat "$KEYSTONE_VENV/.start-sh-stamp") $KEYSTONE_REGION $KEYSTONE_ADMIN_PASSWORD $GLANCE_SERVICE_PASSWORD $KEYSTONE_DEMO_PASSWORD" |
+    cat - "$HERE/keystone.conf.in" "$HERE/keystone_setup.py" | sha256sum | cut -c1-16)"
   if [[ ! -f $KSDATA/.bootstrapped ]]; then
-    log "keystone: db_sync, fernet/credential keys, bootstrap"
-    "${KM[@]}" db_sync >&2
-    "${KM[@]}" fernet_setup --keystone-user "$(id -un)" --keystone-group "$(id -gn)" >&2
-    "${KM[@]}" credential_setup --keystone-user "$(id -un)" --keystone-group "$(id -gn)" >&2
-    "${KM[@]}" bootstrap --bootstrap-password "$KEYSTONE_ADMIN_PASSWORD" \
-      --bootstrap-username admin --bootstrap-project-name admin \
-      --bootstrap-role-name admin --bootstrap-service-name keystone \
-      --bootstrap-region-id "$KEYSTONE_REGION" \
-      --bootstrap-admin-url "$KEYSTONE_URL/v3" \
-      --bootstrap-internal-url "$KEYSTONE_URL/v3" \
-      --bootstrap-public-url "$KEYSTONE_URL/v3" >&2
+    if [[ -f $tpl/.complete ]]; then
+      log "keystone: database and keys from the template $tpl"
+      cp "$tpl/keystone.sqlite" "$KSDATA/keystone.sqlite"
+      cp -a "$tpl/fernet-keys/." "$KSDATA/fernet-keys/"
+      cp -a "$tpl/credential-keys/." "$KSDATA/credential-keys/"
+      "$PYTHON" - "$KSDATA/keystone.sqlite" "$KEYSTONE_URL/v3" "$GLANCE_URL" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+for kind, url in (("identity", sys.argv[2]), ("image", sys.argv[3])):
+    db.execute("UPDATE endpoint SET url = ? WHERE service_id IN"
+               " (SELECT id FROM service WHERE type = ?)", (url, kind))
+db.commit()
+PY
+      echo "$setup_stamp" > "$KSDATA/.setup-done"
+    else
+      log "keystone: db_sync, fernet/credential keys, bootstrap"
+      "${KM[@]}" db_sync >&2
+      "${KM[@]}" fernet_setup --keystone-user "$(id -un)" --keystone-group "$(id -gn)" >&2
+      "${KM[@]}" credential_setup --keystone-user "$(id -un)" --keystone-group "$(id -gn)" >&2
+      "${KM[@]}" bootstrap --bootstrap-password "$KEYSTONE_ADMIN_PASSWORD" \
+        --bootstrap-username admin --bootstrap-project-name admin \
+        --bootstrap-role-name admin --bootstrap-service-name keystone \
+        --bootstrap-region-id "$KEYSTONE_REGION" \
+        --bootstrap-admin-url "$KEYSTONE_URL/v3" \
+        --bootstrap-internal-url "$KEYSTONE_URL/v3" \
+        --bootstrap-public-url "$KEYSTONE_URL/v3" >&2
+    fi
     touch "$KSDATA/.bootstrapped"
   fi
   if ! pid_alive "$RUN/keystone.pid"; then
@@ -266,16 +308,26 @@ if [[ $GLANCE_AUTH == keystone ]]; then
       "OS_KEYSTONE_CONFIG_DIR=$KSDATA" "OS_KEYSTONE_CONFIG_FILES=keystone.conf" \
       "PYTHONPATH=$KSDATA" "PYTHONWARNINGS=ignore"
   fi
-  wait_up keystone "$KEYSTONE_URL/v3" "$RUN/keystone.pid" "$LOG/keystone.gunicorn.log"
-  setup_stamp="$(echo "$GLANCE_URL $KEYSTONE_URL $KEYSTONE_REGION $KEYSTONE_ADMIN_PASSWORD $GLANCE_SERVICE_PASSWORD $KEYSTONE_DEMO_PASSWORD" | cat - "$HERE/keystone_setup.py" | sha256sum | cut -d' ' -f1)"
   if [[ "$(cat "$KSDATA/.setup-done" 2>/dev/null)" != "$setup_stamp" ]]; then
+    wait_up keystone "$KEYSTONE_URL/v3" "$RUN/keystone.pid" "$LOG/keystone.gunicorn.log"
+    log "keystone: users, projects and the image endpoints (keystone_setup.py)"
     KEYSTONE_URL="$KEYSTONE_URL" KEYSTONE_ADMIN_PASSWORD="$KEYSTONE_ADMIN_PASSWORD" \
     GLANCE_SERVICE_PASSWORD="$GLANCE_SERVICE_PASSWORD" \
     KEYSTONE_DEMO_PASSWORD="$KEYSTONE_DEMO_PASSWORD" \
     GLANCE_URL="$GLANCE_URL" KEYSTONE_REGION="$KEYSTONE_REGION" \
       "$PYTHON" "$HERE/keystone_setup.py" >&2
     echo "$setup_stamp" > "$KSDATA/.setup-done"
+    if [[ ! -f $tpl/.complete ]]; then
+      mkdir -p "$TEMPLATES"
+      t="$(mktemp -d "$TEMPLATES/.tmp.XXXXXX")"
+      "$PYTHON" -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))' \
+        "$KSDATA/keystone.sqlite" "$t/keystone.sqlite"
+      cp -a "$KSDATA/fernet-keys" "$KSDATA/credential-keys" "$t/"
+      touch "$t/.complete"
+      mv -T "$t" "$tpl" 2>/dev/null || rm -rf "$t" # another start made it first
+    fi
   fi
+  # Keystone finishes starting while glance-api starts; both are awaited below.
 fi
 
 # --- glance config + db ------------------------------------------------------
@@ -298,9 +350,21 @@ cp "$HERE/glance_noauth.py" "$ETC/glance_noauth.py"
 
 db_stamp="$(cat "$GLANCE_VENV/.start-sh-stamp")"
 if [[ ! -f $GLANCE_DATA_DIR/glance.sqlite || "$(cat "$GLANCE_DATA_DIR/.db-synced" 2>/dev/null)" != "$db_stamp" ]]; then
-  log "glance-manage db_sync"
-  "$GLANCE_VENV/bin/glance-manage" --config-file "$ETC/glance-api.conf" db_sync >/dev/null 2>>"$LOG/glance-manage.log" ||
-    { tail -n 30 "$LOG/glance-manage.log" >&2; die "db_sync failed"; }
+  gtpl="$TEMPLATES/glance-$(echo "$db_stamp" | sha256sum | cut -c1-16)"
+  if [[ ! -f $GLANCE_DATA_DIR/glance.sqlite && -f $gtpl/.complete ]]; then
+    log "glance database from the template $gtpl"
+    cp "$gtpl/glance.sqlite" "$GLANCE_DATA_DIR/glance.sqlite"
+  else
+    log "glance-manage db_sync"
+    "$GLANCE_VENV/bin/glance-manage" --config-file "$ETC/glance-api.conf" db_sync >/dev/null 2>>"$LOG/glance-manage.log" ||
+      { tail -n 30 "$LOG/glance-manage.log" >&2; die "db_sync failed"; }
+    if [[ ! -f $gtpl/.complete ]]; then
+      mkdir -p "$TEMPLATES"
+      t="$(mktemp -d "$TEMPLATES/.tmp.XXXXXX")"
+      cp "$GLANCE_DATA_DIR/glance.sqlite" "$t/" && touch "$t/.complete"
+      mv -T "$t" "$gtpl" 2>/dev/null || rm -rf "$t"
+    fi
+  fi
   echo "$db_stamp" > "$GLANCE_DATA_DIR/.db-synced"
 fi
 
@@ -315,6 +379,9 @@ else
   start_gunicorn glance-api "$GLANCE_VENV" glance.wsgi.api:application \
     "$GLANCE_HOST" "$GLANCE_PORT" "$GLANCE_WORKERS" "$GLANCE_THREADS" \
     "OS_GLANCE_CONFIG_DIR=$ETC" "PYTHONPATH=$ETC" "PYTHONWARNINGS=ignore"
+fi
+if [[ $GLANCE_AUTH == keystone ]]; then
+  wait_up keystone "$KEYSTONE_URL/v3" "$RUN/keystone.pid" "$LOG/keystone.gunicorn.log"
 fi
 wait_up glance-api "$GLANCE_URL/versions" "$RUN/glance-api.pid" "$LOG/glance-api.gunicorn.log"
 # gunicorn writes the pid file right after binding; make sure it is there.
