@@ -2,7 +2,7 @@
 Python test suites: tests/services/glance/start.sh on free loopback ports in a temporary data
 dir, stopped by stop.sh and removed on close.
 
-    from pysupport.glance import Glance
+    from glance import Glance                  # with tests/pysupport on sys.path (conftest.py)
     with Glance(mode="noauth") as g:           # or mode="keystone"
         requests.get(f"{g.endpoint}/v2/images")
     with Glance(mode="keystone") as g:
