@@ -279,7 +279,7 @@ async fn scenario(c: &GlanceClient, tmp: &Path, tag: &str) {
         assert!(Instant::now() < deadline, "no failed task for {}", fimg.id);
         tokio::time::sleep(Duration::from_millis(200)).await; // polling interval
     };
-    assert!(!why.is_empty());
+    assert!(why.contains("web-download") && why.contains("/missing.qcow2"), "{why}");
     eprintln!("{tag}: failed import reported as: {why}");
 
     // a queued image has no data to download
@@ -390,7 +390,12 @@ async fn keystone_password_and_application_credential() {
         .create_image(&new_image("ks-appcred", &[("onap_image_id", "ac")]))
         .await
         .expect("create");
-    ac.upload(&img.id, reqwest::Body::from(data.clone()), None)
+    // A stream of unknown length: sent chunked.
+    let chunks: Vec<std::io::Result<bytes::Bytes>> = data
+        .chunks(64 << 10)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    ac.upload(&img.id, reqwest::Body::wrap_stream(futures::stream::iter(chunks)), None)
         .await
         .expect("upload, chunked");
     let img = wait_for(&ac, &img.id, "active", |i| i.status == "active").await;

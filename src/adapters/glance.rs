@@ -579,8 +579,10 @@ impl GlanceClient {
         Ok(())
     }
 
-    /// Why the image's last import failed: the message of its newest import task when that
-    /// task failed (`GET /v2/images/{id}/tasks`); `None` when it has no failed newest task.
+    /// Why the image's last import failed: its newest import task (`GET /v2/images/{id}/tasks`)
+    /// when that task failed, described with its method, source, message and result; `None`
+    /// when the newest task did not fail (or there is none). Glance's message is often only
+    /// "Task failed due to Internal Error" (the cause, e.g. the source's 404, is in its log).
     pub async fn import_failure(&self, id: &str) -> AdapterResult<Option<String>> {
         let id = seg(id)?;
         let what = format!("glance: GET /v2/images/{id}/tasks");
@@ -594,17 +596,7 @@ impl GlanceClient {
             let key = |t: &Value| t["created_at"].as_str().unwrap_or("").to_string();
             key(a).cmp(&key(b))
         });
-        Ok(newest.filter(|t| t["status"] == "failure").map(|t| {
-            let msg = t["message"].as_str().unwrap_or("").trim();
-            if msg.is_empty() {
-                format!(
-                    "import task {} failed without a message",
-                    t["id"].as_str().unwrap_or("?")
-                )
-            } else {
-                msg.to_string()
-            }
-        }))
+        Ok(newest.filter(|t| t["status"] == "failure").map(describe_failed_task))
     }
 
     /// `PATCH /v2/images/{id}` (`application/openstack-images-v2.1-json-patch`). Adding or
@@ -675,6 +667,30 @@ impl GlanceClient {
             }
         }
     }
+}
+
+/// A failed import task in a sentence: its id, method and source, Glance's message (often only
+/// "Task failed due to Internal Error"; the cause is in Glance's log) and result.
+fn describe_failed_task(t: &Value) -> String {
+    let mut out = format!("import task {}", t["id"].as_str().unwrap_or("?"));
+    let method = &t["input"]["import_req"]["method"];
+    if let Some(name) = method["name"].as_str() {
+        out.push_str(&format!(" ({name}"));
+        if let Some(uri) = method["uri"].as_str() {
+            out.push_str(&format!(" of {uri}"));
+        }
+        out.push(')');
+    }
+    out.push_str(" failed");
+    match t["message"].as_str().map(str::trim) {
+        Some(m) if !m.is_empty() => out.push_str(&format!(": {m}")),
+        _ => out.push_str(" without a message"),
+    }
+    match &t["result"] {
+        Value::Null => {}
+        r => out.push_str(&format!("; result: {r}")),
+    }
+    out.chars().take(1000).collect()
 }
 
 fn auth_header(t: &Token) -> AdapterResult<HeaderValue> {
@@ -770,6 +786,21 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&ops).ok(),
             Some(json!([{"op": "replace", "path": "/name", "value": "n"}, {"op": "remove", "path": "/x"}]))
+        );
+    }
+
+    #[test]
+    fn failed_tasks_are_described() {
+        let t = json!({"id": "t1", "status": "failure", "result": null,
+            "message": "Task failed due to Internal Error",
+            "input": {"import_req": {"method": {"name": "web-download", "uri": "http://h/x"}}}});
+        assert_eq!(
+            describe_failed_task(&t),
+            "import task t1 (web-download of http://h/x) failed: Task failed due to Internal Error"
+        );
+        assert_eq!(
+            describe_failed_task(&json!({"id": "t2"})),
+            "import task t2 failed without a message"
         );
     }
 

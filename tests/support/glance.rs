@@ -215,6 +215,9 @@ impl Glance {
 
 impl Drop for Glance {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("glance logs ({:?}):\n{}", self.mode, self.logs());
+        }
         let _ = Command::new("bash")
             .arg(services_dir().join("stop.sh"))
             .env("GLANCE_DATA_DIR", self.data_dir.path())
