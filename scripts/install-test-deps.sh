@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the test suites need on a fresh machine of this kind (Debian, root):
 # skopeo, podman and buildah (tests/clients), qemu-img (test disk images), openssl (test
-# certificates) and docker-registry (CNCF Distribution, the target of tests/oci_target.rs) from
-# Debian, the Python test packages from PyPI (moto's S3 server and
-# schemathesis included), and the oras CLI (scripts/install-tools.sh).
+# certificates) and docker-registry (CNCF Distribution, the target of tests/oci_target.rs and
+# tests/distribution) from Debian, the Python test packages from PyPI (moto's S3 server and
+# schemathesis included), the oras CLI (scripts/install-tools.sh), and the venvs of a real
+# OpenStack Glance 33 and Keystone 30 (tests/services/glance/start.sh --install-only: PyPI,
+# pinned by its constraints.txt) in ${XDG_CACHE_HOME:-~/.cache}/image-manager/glance-venv and
+# keystone-venv, which tests/glance.rs and tests/pysupport/glance.py start on free ports
+# (the tests themselves never install).
 # The podman/buildah tests use vfs storage and chroot isolation, so as root they need nothing
 # beyond the packages' own dependencies (crun or runc, conmon, uidmap); run as another user,
 # podman and buildah also need a subordinate id range for that user in /etc/subuid and
@@ -48,6 +52,14 @@ if ! python3 -c 'import pytest, requests, oras, schemathesis' 2>/dev/null || ! m
   echo "installing Python test packages"
   python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi
+
+# Glance and Keystone venvs: reused while their stamp (requirements, constraints, Python version)
+# matches; both built in parallel when missing (about 2 min with an empty pip cache).
+command -v curl >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
+python3 -c 'import ensurepip' 2>/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+}
+tests/services/glance/start.sh --install-only
 
 # oras and cosign CLIs (static binaries from Debian trixie, unpacked into a cache folder).
 scripts/install-tools.sh >/dev/null

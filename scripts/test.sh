@@ -5,7 +5,8 @@
 # few seconds each (scripts/fuzz.sh, FUZZ_SECONDS, 15 by default here), then the
 # Python suites against real server processes:
 #   * once (they do not depend on the storage backend): spec-tests/ (OCI conformance) and
-#     tests/clients/ (skopeo, the ORAS SDK and CLI, podman, buildah), plus the tests of
+#     tests/clients/ (skopeo, the ORAS SDK and CLI, podman, buildah), tests/vims/ (the Glance
+#     harness of tests/pysupport/glance.py: a real Glance 33, alone and behind Keystone 30), plus the tests of
 #     tests/server/ marked backend_independent (transport, connection limits, a full disk);
 #   * on each backend pair, the storage-sensitive suites tests/server/ (lifecycle, replicas,
 #     upload integrity, GC, quotas, auth) and tests/catalog/ (VM images, VNF packages, search,
@@ -84,7 +85,7 @@ pass() { # NAME SERVER-ARGS PYTEST-RUN...: start one pass in the background; eac
 }
 
 storage="tests/server tests/catalog -m not(backend_independent)"
-pass "once: spec-tests, clients" "" "spec-tests tests/clients" "tests/server -m backend_independent"
+pass "once: spec-tests, clients" "" "spec-tests tests/clients tests/vims" "tests/server -m backend_independent"
 pass "SQLite + filesystem" "" "$storage"
 pass "PostgreSQL + S3" "--database postgres://postgres@127.0.0.1:5432/{id} $s3" "$storage"
 pass "MariaDB + S3" "--database mysql://root@127.0.0.1:3306/{id} $s3" "$storage"

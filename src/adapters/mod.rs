@@ -10,6 +10,8 @@
 //! Every adapter returns [`AdapterError`], classified by [`AdapterErrorKind`], so that the
 //! distribution engine decides retries by kind, never by message text.
 
+pub mod glance;
+pub mod keystone;
 pub mod oci;
 
 /// What a failed call to a remote system means for the caller.
