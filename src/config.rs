@@ -19,6 +19,8 @@ pub struct Config {
     pub gc: GcConfig,
     pub catalog: CatalogConfig,
     pub jobs: JobsConfig,
+    pub secrets: SecretsConfig,
+    pub distribution: DistributionConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -269,7 +271,7 @@ impl Default for JobsConfig {
     }
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 9] = [
     "server__",
     "storage__",
     "registry__",
@@ -277,7 +279,98 @@ const SECTIONS: [&str; 7] = [
     "gc__",
     "catalog__",
     "jobs__",
+    "secrets__",
+    "distribution__",
 ];
+
+/// A configured secret: shown as `***` in debug output and logs.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The key that seals VIM credentials at rest (`core::secrets`): AES-256-GCM, 32 random bytes
+/// in base64 (`openssl rand -base64 32`), given inline (best from the environment:
+/// `IMAGE_MANAGER_SECRETS__KEY`) or in a file. Without either, the server creates
+/// `<data_dir>/secret.key` (mode 0600) on first use, which suits one machine only: replicas
+/// must share the key. Rotation: make the new key the key, list the old one under
+/// `old_keys` / `old_key_files`, and run `image-manager secrets rotate` (the server also
+/// re-seals what it reads under an old key).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    pub key: Option<SecretString>,
+    pub key_file: Option<PathBuf>,
+    /// Keys that only decrypt (being rotated out).
+    pub old_keys: Vec<SecretString>,
+    pub old_key_files: Vec<PathBuf>,
+}
+
+/// The distribution engine (`core::distribution`): how images go to VIMs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistributionConfig {
+    /// This server's base URL as VIMs reach it (e.g. `https://images.example.net`), used to
+    /// build web-download URLs; a VIM's own `download_url` overrides it. Empty: web-download
+    /// only to VIMs that have one.
+    pub public_url: Option<String>,
+    /// Lifetime of a web-download URL (its token expires with it).
+    pub download_url_ttl_secs: u64,
+    /// Targets transferred at once by one replica, over all VIMs.
+    pub concurrency: usize,
+    /// Targets transferred at once to one VIM.
+    pub per_vim_concurrency: usize,
+    /// Bytes per second all transfers of this replica send together; 0: no cap.
+    pub max_bytes_per_sec: u64,
+    /// Bytes per second sent to one VIM; 0: no cap. A VIM's own `max_bytes_per_sec` overrides it.
+    pub per_vim_bytes_per_sec: u64,
+    /// Attempts of a target before it fails.
+    pub max_attempts: u32,
+    /// Longest one attempt may take, transfer and verification included.
+    pub attempt_timeout_secs: u64,
+    /// Delay between attempts: random up to `retry_base_ms * 2^(attempt-1)`, at most `retry_max_secs`.
+    pub retry_base_ms: u64,
+    pub retry_max_secs: u64,
+    /// Timeout of one metadata call to a VIM (not of a transfer, which only has to keep moving).
+    pub call_timeout_secs: u64,
+    pub connect_timeout_secs: u64,
+    /// A transfer that moves no byte this long fails its attempt.
+    pub stall_timeout_secs: u64,
+    /// How often each VIM's health is checked; 0: only on demand.
+    pub health_interval_secs: u64,
+    /// How often each VIM's inventory is synced; 0: only on demand.
+    pub inventory_interval_secs: u64,
+    /// How often a target waiting for the VIM (an import, a verification) asks again (ms).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for DistributionConfig {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            download_url_ttl_secs: 3600,
+            concurrency: 16,
+            per_vim_concurrency: 2,
+            max_bytes_per_sec: 0,
+            per_vim_bytes_per_sec: 0,
+            max_attempts: 5,
+            attempt_timeout_secs: 6 * 3600,
+            retry_base_ms: 2000,
+            retry_max_secs: 300,
+            call_timeout_secs: 30,
+            connect_timeout_secs: 10,
+            stall_timeout_secs: 120,
+            health_interval_secs: 300,
+            inventory_interval_secs: 3600,
+            poll_interval_ms: 1000,
+        }
+    }
+}
 
 impl Config {
     /// Defaults, then `file` (if given), then `IMAGE_MANAGER_*` environment variables.

@@ -83,6 +83,9 @@ pub enum Error {
     Refused { reason: String, problems: Vec<String> },
     #[error("catalog entry unknown: {0}")]
     EntryUnknown(String),
+    /// Something the API names by id that is not there (a VIM, a distribution job).
+    #[error("{0} is unknown")]
+    NotFoundWhat(String),
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(String),
 }
@@ -155,6 +158,7 @@ impl Error {
             Upstream(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
             Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "REFUSED"),
             EntryUnknown(_) => (StatusCode::NOT_FOUND, "ENTRY_UNKNOWN"),
+            NotFoundWhat(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED"),
         }
     }

@@ -30,6 +30,15 @@ struct StoreArgs {
     storage: Option<String>,
 }
 
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Re-seal every VIM's secrets under the current key.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
 // Parsed once per process: the size of the variants does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -76,6 +85,12 @@ enum Command {
     Image {
         #[command(subcommand)]
         command: ImageCommand,
+    },
+    /// VIM secrets at rest: `rotate` re-seals every VIM's credentials under the current key
+    /// (`secrets.key`), opening them with the old ones (`secrets.old_keys`).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -708,6 +723,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Robot { command } => run_robot(command).await,
         Command::Namespace { command } => run_namespace(command).await,
         Command::Image { command } => run_image(command).await,
+        Command::Secrets {
+            command: SecretsCommand::Rotate { store },
+        } => {
+            let config = load(&store)?;
+            let meta = image_manager::server::open_metadata(&config).await?;
+            let sealer = image_manager::core::secrets::Sealer::from_config(&config.secrets, &config.server.data_dir)?;
+            let vims = image_manager::core::vims::Vims::new(
+                meta.clone(),
+                meta,
+                std::sync::Arc::new(image_manager::auth::Auth::none()),
+                std::sync::Arc::new(sealer),
+                config.distribution.clone(),
+            );
+            let n = vims.rotate(&Actor::operator()).await?;
+            println!("re-sealed the secrets of {n} VIM(s) under key {}", vims.key_id());
+            Ok(())
+        }
         Command::Migrate { store } => {
             let config = load(&store)?;
             init_logging(&config);

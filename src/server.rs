@@ -60,8 +60,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = open_metadata(&config).await?;
     let meta: Arc<dyn MetadataStore> = store.clone();
     let gc_store: Arc<dyn GcStore> = store.clone();
-    let jobs: Arc<dyn JobStore> = store;
+    let jobs: Arc<dyn JobStore> = store.clone();
+    let vim_store: Arc<dyn crate::storage::VimStore> = store.clone();
+    let dist_store: Arc<dyn crate::storage::DistributionStore> = store;
     let blobs = open_blobs(&config).await?;
+    let sealer = Arc::new(
+        crate::core::secrets::Sealer::from_config(&config.secrets, &config.server.data_dir)
+            .context("loading the secret key (secrets.key, secrets.key_file)")?,
+    );
     let mode = AuthMode::parse(&config.server.auth).with_context(|| {
         format!(
             "server.auth (--auth) is {:?}: expected none or token",
@@ -169,7 +175,78 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             jobs.clone(),
             config.jobs.clone(),
             prune_lease,
-            bg_stop_rx,
+            bg_stop_rx.clone(),
+        )));
+    }
+    // The distribution engine: targets run on the durable job queue on every replica.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let vims = Arc::new(crate::core::vims::Vims::new(
+        vim_store,
+        registry.accounts.clone(),
+        registry.auth.clone(),
+        sealer,
+        config.distribution.clone(),
+    ));
+    let engine = Arc::new(crate::core::distribution::Distribution::new(
+        dist_store,
+        vims.clone(),
+        registry.entries.clone(),
+        registry.meta.clone(),
+        registry.blobs.clone(),
+        registry.accounts.clone(),
+        registry.auth.clone(),
+        crate::core::jobs::Enqueuer::new(jobs.clone(), wake.clone()),
+        crate::core::distribution::DownloadSigner::shared(&*registry.accounts)
+            .await
+            .context("loading the download link key")?,
+        config.distribution.clone(),
+    ));
+    let _ = registry.distribution.set(engine.clone());
+    let mut opts = crate::core::jobs::WorkerOptions::from_config(&config.jobs);
+    opts.concurrency = config.distribution.concurrency.max(1);
+    let worker = crate::core::jobs::Worker::new(
+        jobs.clone(),
+        crate::core::distribution::QUEUE,
+        &owner,
+        crate::core::jobs::Handlers::new().on(
+            crate::core::distribution::KIND,
+            crate::core::distribution::TargetHandler(engine.clone()),
+        ),
+    )
+    .with_options(opts)
+    .with_wake(wake);
+    let worker_stop = CancellationToken::new();
+    let worker_task = tokio::spawn(worker.run(worker_stop.clone()));
+    if config.distribution.health_interval_secs > 0 {
+        let (health_lease, keeper) = lease("vim-health").await;
+        keepers.push(keeper);
+        let every = Duration::from_secs(config.distribution.health_interval_secs);
+        let vims = vims.clone();
+        loops.push(tokio::spawn(on_lease_holder(
+            health_lease,
+            Duration::from_secs(5),
+            every,
+            bg_stop_rx.clone(),
+            move |_| {
+                let vims = vims.clone();
+                async move { vims.check_all().await }
+            },
+        )));
+    }
+    if config.distribution.inventory_interval_secs > 0 {
+        let (sync_lease, keeper) = lease("vim-inventory").await;
+        keepers.push(keeper);
+        let every = Duration::from_secs(config.distribution.inventory_interval_secs);
+        let engine = engine.clone();
+        loops.push(tokio::spawn(on_lease_holder(
+            sync_lease,
+            every,
+            every,
+            bg_stop_rx.clone(),
+            move |_| {
+                let engine = engine.clone();
+                async move { engine.sync_all().await }
+            },
         )));
     }
     let app = crate::http::router(registry);
@@ -187,6 +264,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     )
     .await;
     indexer.abort();
+    worker_stop.cancel();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(config.jobs.shutdown_grace_secs.saturating_add(5)),
+        worker_task,
+    )
+    .await;
     // A collection or sweep in progress stops between two removals; then the leases go, so
     // another replica takes the work over at once.
     let _ = bg_stop.send(true);

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 pub use super::keystone::MAX_JSON_BYTES;
-use super::keystone::{read_capped, KeystoneAuth, KeystoneSession, Token};
+use super::keystone::{KeystoneAuth, KeystoneSession, Token};
+use super::read_capped;
 use super::{AdapterError, AdapterErrorKind, AdapterResult};
 
 /// The most pages [`GlanceClient::list_images`] follows before giving up.
@@ -475,13 +476,17 @@ impl GlanceClient {
     /// size is [`DEFAULT_PAGE_SIZE`] or [`Self::with_page_size`]).
     pub async fn list_images(&self, query: &[(&str, &str)]) -> AdapterResult<Vec<GlanceImage>> {
         const WHAT: &str = "glance: GET /v2/images";
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in query.iter().filter(|(k, _)| *k != "limit" && *k != "marker") {
-            q.append_pair(k, v);
-        }
-        q.append_pair("limit", &self.page_size.to_string());
+        // The serializer is not Send: it must not live across an await.
+        let query = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in query.iter().filter(|(k, _)| *k != "limit" && *k != "marker") {
+                q.append_pair(k, v);
+            }
+            q.append_pair("limit", &self.page_size.to_string());
+            q.finish()
+        };
         // The path and query of the page, relative to the endpoint.
-        let mut next = format!("/v2/images?{}", q.finish());
+        let mut next = format!("/v2/images?{query}");
         let mut out = Vec::new();
         for _ in 0..MAX_PAGES {
             let page = self

@@ -16,10 +16,11 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
+use super::read_capped;
 use super::{AdapterError, AdapterErrorKind, AdapterResult};
 
 /// How much of a remote JSON answer is read into memory, at most.
-pub const MAX_JSON_BYTES: usize = 16 << 20;
+pub use super::MAX_JSON_BYTES;
 
 /// A token is renewed this long before Keystone says it expires.
 const EXPIRY_MARGIN: time::Duration = time::Duration::seconds(60);
@@ -291,28 +292,6 @@ fn find_endpoint(token: &Value, kind: &str, region: Option<&str>, interface: &st
         "no \"{kind}\" endpoint for interface \"{interface}\" in region \"{}\"",
         region.unwrap_or("(any)")
     )))
-}
-
-/// The body of `resp`, refused once longer than `limit` bytes (read as it streams, so a huge
-/// answer never sits in memory).
-pub(crate) async fn read_capped(mut resp: reqwest::Response, limit: usize, what: &str) -> AdapterResult<Vec<u8>> {
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(AdapterError::new(
-            AdapterErrorKind::Other,
-            format!("{what}: the answer is longer than {limit} bytes"),
-        ));
-    }
-    let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| AdapterError::transport(what, &e))? {
-        if out.len() + chunk.len() > limit {
-            return Err(AdapterError::new(
-                AdapterErrorKind::Other,
-                format!("{what}: the answer is longer than {limit} bytes"),
-            ));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

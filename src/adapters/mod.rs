@@ -6,13 +6,11 @@
 //!   ([`keystone`]), with password or application-credential authentication.
 //! * [`oci`]: any Distribution-spec registry (another Image Manager, CNCF Distribution,
 //!   Harbor, a cluster's registry).
+//! * [`multicloud`]: ONAP MultiCloud's image API (v0 and v1), which creates the image in the
+//!   cloud region behind it and fetches its bytes from a URL we serve.
 //!
 //! Every adapter returns [`AdapterError`], classified by [`AdapterErrorKind`], so that the
 //! distribution engine decides retries by kind, never by message text.
-
-pub mod glance;
-pub mod keystone;
-pub mod oci;
 
 /// What a failed call to a remote system means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,3 +85,61 @@ impl AdapterError {
 }
 
 pub type AdapterResult<T> = Result<T, AdapterError>;
+
+pub mod glance;
+pub mod keystone;
+pub mod multicloud;
+pub mod oci;
+
+/// Largest JSON answer read from a remote system (image lists are paged well below it).
+pub const MAX_JSON_BYTES: usize = 16 << 20;
+
+/// The body of `resp`, refused once longer than `cap` bytes (read as it streams, so a huge
+/// answer never sits in memory); `what` names the call in errors.
+pub async fn read_capped(mut resp: reqwest::Response, cap: usize, what: &str) -> AdapterResult<bytes::Bytes> {
+    let too_long = || {
+        AdapterError::new(
+            AdapterErrorKind::Other,
+            format!("{what}: the answer is longer than {cap} bytes"),
+        )
+    };
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_long());
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| AdapterError::transport(what, &e))? {
+        if buf.len() + chunk.len() > cap {
+            return Err(too_long());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// `resp` as JSON of type `T` when its status is a success, else the classified error.
+pub async fn json_answer<T: serde::de::DeserializeOwned>(resp: reqwest::Response, what: &str) -> AdapterResult<T> {
+    let status = resp.status().as_u16();
+    let body = read_capped(resp, MAX_JSON_BYTES, what).await?;
+    if !(200..300).contains(&status) {
+        return Err(AdapterError::from_status(status, what, &String::from_utf8_lossy(&body)));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| AdapterError::new(AdapterErrorKind::Other, format!("{what}: unreadable answer: {e}")))
+}
+
+/// An HTTP client with these timeouts and, when given, one more trusted root (PEM).
+pub fn http_client(connect_timeout: std::time::Duration, ca_pem: Option<&str>) -> AdapterResult<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .user_agent(concat!("image-manager/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = ca_pem {
+        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|e| AdapterError::new(AdapterErrorKind::Other, format!("ca_pem: {e}")))?
+        {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    b.build()
+        .map_err(|e| AdapterError::new(AdapterErrorKind::Other, format!("HTTP client: {e}")))
+}

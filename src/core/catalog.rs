@@ -553,9 +553,17 @@ impl Registry {
         Err(Error::Conflict(format!("entry {id} kept changing; try again")))
     }
 
-    /// Delete an entry and its tag. Refused while a VNF package contains it, unless `force`.
+    /// Delete an entry and its tag. Refused while a VNF package contains it, unless `force`,
+    /// and while VIMs hold it, unless `undistribute` (then a job removes it from them).
     #[tracing::instrument(level = "debug", skip_all, fields(entry = id))]
-    pub async fn delete_entry(&self, p: &Principal, id: &str, force: bool) -> Result<EntryRecord> {
+    pub async fn delete_entry(
+        &self,
+        who: &super::admin::Actor,
+        p: &Principal,
+        id: &str,
+        force: bool,
+        undistribute: bool,
+    ) -> Result<EntryRecord> {
         let e = self.entry(p, id).await?;
         self.auth
             .authorize(&*self.accounts, p, Action::Delete, Resource::Namespace(&e.namespace))
@@ -583,6 +591,36 @@ impl Registry {
             )));
         }
         self.ensure_deletes()?;
+        if let Some(d) = self.distribution.get() {
+            let held = d.holders(id).await?;
+            if !held.is_empty() {
+                if !undistribute {
+                    let mut vims: Vec<String> = held.iter().map(|h| h.vim_id.clone()).collect();
+                    vims.dedup();
+                    let mut names = Vec::new();
+                    for v in &vims {
+                        names.push(match d.vims().find(v).await {
+                            Ok(rec) => format!("{} ({v})", rec.name),
+                            Err(_) => v.clone(),
+                        });
+                    }
+                    return Err(Error::Conflict(format!(
+                        "{}:{} is on VIM(s) {}; remove it from them first or pass undistribute=true",
+                        e.name,
+                        e.version,
+                        names.join(", ")
+                    )));
+                }
+                let mut vims: Vec<String> = held.iter().map(|h| h.vim_id.clone()).collect();
+                vims.dedup();
+                let req = super::distribution::DistributionRequest {
+                    images: vec![id.to_string()],
+                    vims,
+                    ..Default::default()
+                };
+                d.create(who, req, true).await?;
+            }
+        }
         self.meta.tag_delete(&e.repository, &e.tag).await?;
         self.entries.catalog_delete(id).await?;
         self.events.notify_one();

@@ -82,6 +82,11 @@ pub enum JobError {
     /// Will fail the same way again (bad payload, refused for good): the job is dead at once.
     #[error("{0}")]
     Fatal(String),
+    /// Not now, but not a failure either (the resource it needs is busy): queue it again
+    /// after this delay, without the backoff of a failed attempt. Its claim still counts
+    /// against `max_attempts`, so jobs that may wait long get many.
+    #[error("{1}")]
+    Later(Duration, String),
 }
 
 /// What a handler gets: the job as claimed, and signals to stop early.
@@ -412,6 +417,10 @@ async fn record_outcome(
                 store.fail(job.id, owner, msg, Some(at)).await
             }
             Err(JobError::Fatal(msg)) => store.fail(job.id, owner, msg, None).await,
+            Err(JobError::Later(after, msg)) => {
+                let at = now_ms().saturating_add(millis(*after) as i64);
+                store.fail(job.id, owner, msg, Some(at)).await
+            }
         };
         match res {
             Ok(Some(state)) => {

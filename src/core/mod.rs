@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod csar;
+pub mod distribution;
 pub mod gc;
 pub mod ingest;
 pub mod inspect;
@@ -13,7 +14,9 @@ pub mod jobs;
 pub use crate::oci::{manifest, names};
 pub mod outbox;
 pub mod package;
+pub mod secrets;
 pub mod uploads;
+pub mod vims;
 
 use std::sync::Arc;
 
@@ -45,6 +48,8 @@ pub struct Registry {
     pub events: tokio::sync::Notify,
     /// Jobs, leases and outbox cursors (the catalog indexer's lag is read through it).
     pub jobs: Option<Arc<dyn JobStore>>,
+    /// The VIM registry and distribution engine, once the server started it.
+    pub distribution: std::sync::OnceLock<Arc<distribution::Distribution>>,
 }
 
 /// A manifest as served.
@@ -89,6 +94,7 @@ impl Registry {
             auth: Arc::new(crate::auth::Auth::none()),
             events: tokio::sync::Notify::new(),
             jobs: None,
+            distribution: std::sync::OnceLock::new(),
         }
     }
 

@@ -432,20 +432,24 @@ pub async fn delete_entry(
     parts: Parts,
 ) -> Result<StatusCode, Problem> {
     let c = caller(&state, &parts).await?;
-    let mut force = false;
+    let (mut force, mut undistribute) = (false, false);
     for (k, v) in query_pairs(parts.uri.query()) {
         match (k.as_str(), v.as_str()) {
             ("force", "true" | "1") => force = true,
             ("force", "false" | "0") => force = false,
-            ("force", other) => {
+            ("undistribute", "true" | "1") => undistribute = true,
+            ("undistribute", "false" | "0") => undistribute = false,
+            (k @ ("force" | "undistribute"), other) => {
                 return Err(Problem(Error::BadRequest(format!(
-                    "force: {other:?} is not true or false"
+                    "{k}: {other:?} is not true or false"
                 ))))
             }
             (other, _) => return Err(Problem(Error::BadRequest(format!("unknown query parameter {other:?}")))),
         }
     }
-    let e = state.delete_entry(&c.principal, &id, force).await?;
+    let e = state
+        .delete_entry(&c.actor(), &c.principal, &id, force, undistribute)
+        .await?;
     c.audit(
         &state,
         "entry.delete",

@@ -8,6 +8,7 @@ pub mod openapi;
 pub mod registry;
 pub mod serve;
 pub mod token;
+pub mod vims;
 
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/token", get(token::get).post(token::post))
         .merge(catalog::router())
         .merge(openapi::router())
+        .merge(vims::router())
         .merge(api::router())
         .with_state(state)
         .layer(axum::middleware::from_fn(limit_headers))
@@ -61,6 +63,8 @@ pub fn route_label(path: &str) -> &'static str {
             "images" => "api_images",
             "packages" => "api_packages",
             "admin" => "api_admin",
+            "vims" => "api_vims",
+            "distributions" | "undistributions" => "api_distributions",
             _ => "api_other",
         }
     };
@@ -69,6 +73,7 @@ pub fn route_label(path: &str) -> &'static str {
         "/readyz" => "readyz",
         "/metrics" => "metrics",
         "/token" => "token",
+        p if p.starts_with("/dl/") => "download",
         p if p.starts_with("/api/v1/") => api(&p["/api/v1/".len()..]),
         p if p.starts_with("/api") || p.starts_with("/openapi") => "api_docs",
         _ => "other",

@@ -5,8 +5,10 @@
 //! * Metadata, one trait per role ([`meta`]): [`RegistryStore`] (repositories, which blobs
 //!   each may read, manifests, tags, upload sessions), [`AccountStore`] (users, robots,
 //!   members, audit), [`GcStore`] (garbage collection), [`CatalogStore`] (the catalog) and
-//!   [`JobStore`] (durable jobs, cluster-wide leases and event outbox cursors, [`jobs`]).
-//!   [`MetadataStore`] is all but the last at once, for wiring. One SQL implementation
+//!   [`JobStore`] (durable jobs, cluster-wide leases and event outbox cursors, [`jobs`]),
+//!   [`VimStore`] (registered VIMs and what each holds) and [`DistributionStore`]
+//!   (distribution jobs and their targets, [`vims`]). [`MetadataStore`] is the first four at
+//!   once, for wiring. One SQL implementation
 //!   ([`sql::SqlStore`]) serves SQLite, PostgreSQL and MariaDB.
 
 pub mod blob;
@@ -17,11 +19,13 @@ pub mod jobs;
 pub mod meta;
 pub mod s3;
 pub mod sql;
+pub mod vims;
 
 pub use blob::{BlobStore, BlobWriter, ByteRange, ByteStream, ChunkBatch};
 pub use catalog::CatalogStore;
 pub use jobs::JobStore;
 pub use meta::{AccountStore, GcStore, MetadataStore, RegistryStore};
+pub use vims::{DistributionStore, VimStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

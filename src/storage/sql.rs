@@ -20,6 +20,7 @@ use super::{now_ms, StoreError};
 mod catalog;
 mod jobs;
 mod sqlite_reads;
+mod vims;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {

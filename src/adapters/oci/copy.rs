@@ -200,8 +200,10 @@ async fn problems_at(
     root: &Digest,
 ) -> AdapterResult<Vec<String>> {
     let mut problems = Vec::new();
-    let sizes = futures::stream::iter(graph.blobs.iter())
-        .map(|(d, size)| async move { dst.blob_size(repo, d).await.map(|got| (d, *size, got)) })
+    // Owned items: closures over borrowed ones make the future Send for one lifetime only,
+    // and the distribution engine runs it on a multi-threaded runtime.
+    let sizes = futures::stream::iter(graph.blobs.iter().cloned())
+        .map(|(d, size)| async move { dst.blob_size(repo, &d).await.map(|got| (d, size, got)) })
         .buffered(BLOB_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await?;
@@ -259,10 +261,11 @@ pub async fn copy_image(
 
     // Blobs, a few at a time, reporting progress from the byte counts the uploads send here.
     let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
-    let uploads = futures::stream::iter(graph.blobs.iter())
+    let uploads = futures::stream::iter(graph.blobs.iter().cloned())
         .map(|(digest, size)| {
             let tx = tx.clone();
             async move {
+                let (digest, size) = (&digest, &size);
                 if dst.blob_size(repo, digest).await? == Some(*size) {
                     return Ok::<bool, crate::adapters::AdapterError>(false);
                 }

@@ -265,22 +265,6 @@ impl Stream for Outgoing {
     }
 }
 
-/// Read a body of at most `cap` bytes (a longer one is an error, read no further).
-async fn read_limited(resp: reqwest::Response, cap: usize, what: &str) -> AdapterResult<Bytes> {
-    if resp.content_length().is_some_and(|l| l > cap as u64) {
-        return Err(other(format!("{what}: the answer is larger than {cap} bytes")));
-    }
-    let mut resp = resp;
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| AdapterError::transport(what, &e))? {
-        if buf.len() + chunk.len() > cap {
-            return Err(other(format!("{what}: the answer is larger than {cap} bytes")));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
-}
-
 /// The first `cap` bytes of a body (the rest is not read), as far as they come with no pause
 /// longer than `idle`.
 async fn read_prefix(mut resp: reqwest::Response, cap: usize, idle: Duration) -> Bytes {
@@ -511,7 +495,7 @@ impl RegistryClient {
             }
             return Err(e);
         }
-        let body = read_limited(resp, MAX_TOKEN_BYTES, what).await?;
+        let body = super::read_capped(resp, MAX_TOKEN_BYTES, what).await?;
         #[derive(serde::Deserialize)]
         struct Answer {
             token: Option<String>,
@@ -916,7 +900,7 @@ impl RegistryClient {
         let header_type = header_str(&resp, CONTENT_TYPE.as_str())
             .map(|c| c.split(';').next().unwrap_or("").trim().to_string())
             .filter(|c| !c.is_empty());
-        let body = read_limited(resp, MAX_MANIFEST_BYTES, &what).await?;
+        let body = super::read_capped(resp, MAX_MANIFEST_BYTES, &what).await?;
         let media_type = match header_type {
             Some(t) if MANIFEST_TYPES.contains(&t.as_str()) => t,
             other_type => serde_json::from_slice::<serde_json::Value>(&body)
@@ -1081,7 +1065,7 @@ impl RegistryClient {
                 return Err(error_of(resp, what).await);
             }
             let next = next_link(&resp, &url);
-            let body = read_limited(resp, MAX_PAGE_BYTES, what).await?;
+            let body = super::read_capped(resp, MAX_PAGE_BYTES, what).await?;
             let v: serde_json::Value =
                 serde_json::from_slice(&body).map_err(|e| other(format!("{what}: not JSON: {e}")))?;
             match v.get(field) {

@@ -1,0 +1,50 @@
+"""Distribution through ONAP MultiCloud's image API, both versions, against the server of
+multicloud_server.py, which implements that API from its description (no MultiCloud can be
+installed here)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+import imserver
+from distkit import api, distribute, register, target, uid, vm_image, wait_job
+from multicloud_server import MultiCloud
+
+
+@pytest.mark.parametrize("version", ["v0", "v1"])
+def test_distribute_through_multicloud(tmp_path, version):
+    mc = MultiCloud("CloudOwner", "RegionOne", "tenant-1")
+    try:
+        with imserver.Server(env={"IMAGE_MANAGER_DISTRIBUTION__POLL_INTERVAL_MS": "200"}) as srv:
+            e, blob = vm_image(srv, tmp_path, uid("mc-"))
+            v = register(srv, {"name": uid("mc-"), "type": "onap-multicloud", "url": mc.url,
+                               "cloud_owner": "CloudOwner", "region": "RegionOne", "tenant": "tenant-1",
+                               "api_version": version, "download_url": srv.url})
+            assert api(srv, "POST", f"/api/v1/vims/{v['id']}/test").json()["health"]["state"] == "ok"
+            t = target(wait_job(srv, distribute(srv, [e["id"]], [v["id"]], "auto")["id"]))
+            assert (t["state"], t["skipped"]) == ("active", False), t
+            img = mc.images[t["remote_id"]]
+            assert img["name"] == e["name"] and img["imageType"] == "qcow2" and img["containerFormat"] == "bare"
+            assert img["os_hash_value"] == hashlib.sha512(blob).hexdigest() and img["im_entry_id"] == e["id"]
+            prefix = "/api/multicloud/v0/CloudOwner_RegionOne/" if version == "v0" else "/api/multicloud/v1/CloudOwner/RegionOne/"
+            assert all(p.startswith(prefix) for _, p in mc.requests), mc.requests
+            # Again: MultiCloud lists it under the name with our hashes: nothing is sent.
+            again = target(wait_job(srv, distribute(srv, [e["id"]], [v["id"]])["id"]))
+            assert (again["state"], again["skipped"], again["remote_id"]) == ("active", True, t["remote_id"])
+            # The inventory sees it as this entry; un-distribution deletes it there.
+            assert api(srv, "POST", f"/api/v1/vims/{v['id']}/sync").status_code == 200
+            known = api(srv, "GET", f"/api/v1/vims/{v['id']}/images").json()["known"]
+            assert [k["entry_id"] for k in known] == [e["id"]]
+            r = api(srv, "POST", "/api/v1/undistributions", json={"images": [e["id"]], "vims": [v["id"]]})
+            assert target(wait_job(srv, r.json()["id"]))["state"] == "removed"
+            assert mc.images == {}
+            # Without a URL of ours MultiCloud cannot fetch: the target fails and says why.
+            w = register(srv, {"name": uid("mc-"), "type": "onap-multicloud", "url": mc.url,
+                               "cloud_owner": "CloudOwner", "region": "RegionOne", "tenant": "tenant-1",
+                               "api_version": version})
+            f = target(wait_job(srv, distribute(srv, [e["id"]], [w["id"]])["id"]))
+            assert f["state"] == "failed" and "public_url" in f["last_error"], f
+    finally:
+        mc.close()
