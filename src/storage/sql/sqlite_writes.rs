@@ -71,7 +71,8 @@ impl SqliteWrites {
 
     /// Run `f` on the connection: in a write transaction (`BEGIN IMMEDIATE`) when `tx`, else
     /// as it is (one statement commits by itself).
-    fn write<T>(&self, tx: bool, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Write<T> {
+    /// Each write logs one debug event (as sqlx logs its statements), in the caller's span.
+    fn write<T>(&self, op: &'static str, tx: bool, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Write<T> {
         // Held for one short transaction that never waits for the database.
         let Ok(mut slot) = self.conn.lock() else {
             self.handed_on.inc();
@@ -100,6 +101,7 @@ impl SqliteWrites {
         };
         match result {
             Ok(v) => {
+                tracing::debug!(op, "sqlite write in place");
                 self.in_place.inc();
                 Some(v)
             }
@@ -124,7 +126,7 @@ impl SqliteWrites {
     }
 
     pub fn upload_create(&self, id: &str, repo: &str, now: i64) -> Write<()> {
-        self.write(false, |c| {
+        self.write("upload_create", false, |c| {
             c.prepare_cached("INSERT INTO uploads (id, repo, size, created_at, updated_at) VALUES (?, ?, 0, ?, ?)")?
                 .execute((id, repo, now, now))?;
             Ok(())
@@ -141,7 +143,7 @@ impl SqliteWrites {
         until: i64,
         now: i64,
     ) -> Write<bool> {
-        self.write(false, |c| {
+        self.write("upload_lock", false, |c| {
             let n = match previous {
                 None => c
                     .prepare_cached(
@@ -169,7 +171,7 @@ impl SqliteWrites {
             "UPDATE uploads SET size = ?, hash_state = ?, data_id = ?, updated_at = ? \
              WHERE id = ? AND writer = ? AND size = ?"
         };
-        self.write(false, |c| {
+        self.write("upload_advance", false, |c| {
             let n = c.prepare_cached(sql)?.execute((
                 adv.to as i64,
                 adv.hash_state,
@@ -185,7 +187,7 @@ impl SqliteWrites {
 
     /// Close session `id` held by `token` and link its blob (see `upload_complete_once`).
     pub fn upload_complete(&self, id: &str, token: &str, repo: &str, digest: &str, size: u64, now: i64) -> Write<bool> {
-        self.write(true, |c| {
+        self.write("upload_complete", true, |c| {
             let gone = c
                 .prepare_cached("DELETE FROM uploads WHERE id = ? AND writer = ?")?
                 .execute((id, token))?;
@@ -198,12 +200,12 @@ impl SqliteWrites {
     }
 
     pub fn link_blob(&self, repo: &str, digest: &str, size: u64, now: i64) -> Write<()> {
-        self.write(true, |c| link_blob(c, repo, digest, size, now))
+        self.write("link_blob", true, |c| link_blob(c, repo, digest, size, now))
     }
 
     /// Store manifest `m` in `repo` under `tags` (see `manifest_put_once`).
     pub fn manifest_put(&self, repo: &str, m: &NewManifest, tags: &[String], now: i64) -> Write<PutOutcome> {
-        self.write(true, |c| {
+        self.write("manifest_put", true, |c| {
             let repo_id = ensure_repo(c, repo, now)?;
             let missing = absent(c, "SELECT 1 FROM repo_blobs WHERE repo_id = ? AND digest = ?", repo_id, &m.blobs)?;
             if !missing.is_empty() {
