@@ -75,6 +75,9 @@ pub struct Metrics {
     pub store_read_bytes: Family<StoreLabels, Counter>,
     pub meta_duration: Family<MetaLabels, Histogram>,
     pub sqlite_reads: Family<OutcomeLabels, Counter>,
+    pub sqlite_writes: Family<OutcomeLabels, Counter>,
+    pub sqlite_wal_syncs: Counter,
+    pub sqlite_wal_sync_commits: Counter,
     pub gc_runs: Family<OutcomeLabels, Counter>,
     pub gc_reclaimed_bytes: Counter,
     pub blob_free_bytes: Gauge,
@@ -160,6 +163,24 @@ impl Metrics {
             "SQLite registry reads run in place (in_place) or handed to sqlx (sqlx)",
             sqlite_reads.clone(),
         );
+        let sqlite_writes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "sqlite_hot_writes",
+            "SQLite push writes run in place (in_place) or handed to sqlx (sqlx)",
+            sqlite_writes.clone(),
+        );
+        let sqlite_wal_syncs = Counter::default();
+        registry.register(
+            "sqlite_wal_syncs",
+            "fdatasyncs of the SQLite write-ahead log by the group commit (storage.fsync on)",
+            sqlite_wal_syncs.clone(),
+        );
+        let sqlite_wal_sync_commits = Counter::default();
+        registry.register(
+            "sqlite_wal_sync_commits",
+            "Writes made durable by those syncs (several share one sync)",
+            sqlite_wal_sync_commits.clone(),
+        );
         let gc_runs = Family::<OutcomeLabels, Counter>::default();
         registry.register("gc_runs", "Garbage collections run, by outcome", gc_runs.clone());
         let gc_reclaimed_bytes = Counter::default();
@@ -206,6 +227,9 @@ impl Metrics {
             store_read_bytes,
             meta_duration,
             sqlite_reads,
+            sqlite_writes,
+            sqlite_wal_syncs,
+            sqlite_wal_sync_commits,
             gc_runs,
             gc_reclaimed_bytes,
             blob_free_bytes,

@@ -135,6 +135,22 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
+/// Bytes available to unprivileged users on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::other("blob directory path holds a NUL byte"))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid NUL-terminated string and `st` is written by statvfs
+    // before it is read, only when the call succeeds.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
@@ -181,45 +197,11 @@ impl BlobStore for FsBlobStore {
 
     async fn upload_writer(&self, id: &str, offset: u64) -> Result<Box<dyn BlobWriter>, StoreError> {
         let path = self.upload_path(id)?;
-        let file = blocking(move || {
-            let mut file = OpenOptions::new().write(true).open(path)?;
-            let len = file.metadata()?.len();
-            if len < offset {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "upload data shorter than its offset",
-                ));
-            }
-            if len > offset {
-                file.set_len(offset)?;
-            }
-            file.seek(SeekFrom::Start(offset))?;
-            Ok(file)
-        })
-        .await?;
-        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE);
-        let (done_tx, done_rx) = oneshot::channel();
-        let early_writeback = self.fsync;
-        tokio::task::spawn_blocking(move || {
-            let mut file = file;
-            let mut total = offset;
-            let mut flushed_to = offset;
-            let res = (|| {
-                while let Some(batch) = rx.blocking_recv() {
-                    total += write_batch(&mut file, &batch)?;
-                    if early_writeback && total - flushed_to >= WRITEBACK_EVERY {
-                        start_writeback(&file, flushed_to, total - flushed_to);
-                        flushed_to = total;
-                    }
-                }
-                Ok(total)
-            })();
-            let _ = done_tx.send(res);
-        });
         Ok(Box::new(FsWriter {
-            tx: Some(tx),
+            target: Some((path, offset, self.fsync)),
+            tx: None,
             pending: ChunkBatch::default(),
-            done: Some(done_rx),
+            done: None,
         }))
     }
 
@@ -295,22 +277,9 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn free_space(&self) -> Result<Option<u64>, StoreError> {
-        let root = self.root.join("blobs");
-        blocking(move || {
-            let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
-                .map_err(|_| io::Error::other("blob directory path holds a NUL byte"))?;
-            let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-            // SAFETY: `path` is a valid NUL-terminated string and `st` is written by statvfs
-            // before it is read, only when the call succeeds.
-            let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: statvfs returned 0, so it filled `st`.
-            let st = unsafe { st.assume_init() };
-            Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
-        })
-        .await
+        // Every push asks, and statvfs of a local directory answers from memory: called in
+        // place rather than through a blocking thread (two thread hand-offs per call).
+        Ok(Some(free_bytes(&self.root.join("blobs"))?))
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -403,7 +372,30 @@ impl BlobStore for FsBlobStore {
     }
 }
 
+/// Open upload data `path` for writing at `offset` (cutting off what lies beyond it).
+fn open_at(path: &Path, offset: u64) -> io::Result<File> {
+    let mut file = OpenOptions::new().write(true).open(path)?;
+    let len = file.metadata()?.len();
+    if len < offset {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "upload data shorter than its offset",
+        ));
+    }
+    if len > offset {
+        file.set_len(offset)?;
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    Ok(file)
+}
+
+/// Writes upload data. Nothing happens until the first full batch: then a thread opens the
+/// data and writes the batches handed to it. A body that never fills a batch (most pushes:
+/// configs, manifests' blobs, small layers) is written by one blocking call at `finish`, with
+/// no thread of its own.
 struct FsWriter {
+    /// Where to write and whether to start writeback early, until the thread is started.
+    target: Option<(PathBuf, u64, bool)>,
     tx: Option<mpsc::Sender<Vec<Bytes>>>,
     pending: ChunkBatch,
     /// The writer thread's result; taken once awaited.
@@ -411,7 +403,35 @@ struct FsWriter {
 }
 
 impl FsWriter {
+    /// Start the writer thread (once).
+    fn start(&mut self) {
+        let Some((path, offset, early_writeback)) = self.target.take() else {
+            return;
+        };
+        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE);
+        let (done_tx, done_rx) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let res = (|| {
+                let mut file = open_at(&path, offset)?;
+                let mut total = offset;
+                let mut flushed_to = offset;
+                while let Some(batch) = rx.blocking_recv() {
+                    total += write_batch(&mut file, &batch)?;
+                    if early_writeback && total - flushed_to >= WRITEBACK_EVERY {
+                        start_writeback(&file, flushed_to, total - flushed_to);
+                        flushed_to = total;
+                    }
+                }
+                Ok(total)
+            })();
+            let _ = done_tx.send(res);
+        });
+        self.tx = Some(tx);
+        self.done = Some(done_rx);
+    }
+
     async fn send_pending(&mut self) -> Result<(), StoreError> {
+        self.start();
         let tx = self
             .tx
             .as_ref()
@@ -459,6 +479,15 @@ impl BlobWriter for FsWriter {
 
     /// Also after a failed write: then it returns that the writer stopped, its thread done.
     async fn finish(mut self: Box<Self>) -> Result<u64, StoreError> {
+        if let Some((path, offset, _)) = self.target.take() {
+            // No thread was started: the whole body is pending (or there is none).
+            let batch = self.pending.take();
+            return blocking(move || {
+                let mut file = open_at(&path, offset)?;
+                Ok(offset + write_batch(&mut file, &batch)?)
+            })
+            .await;
+        }
         if !self.pending.is_empty() && self.tx.is_some() {
             self.send_pending().await?;
         }

@@ -18,8 +18,10 @@ use super::meta::{ManifestRecord, NewManifest, PutOutcome, Referrer, UploadAdvan
 use super::{now_ms, StoreError};
 
 mod catalog;
+mod group_sync;
 mod jobs;
 mod sqlite_reads;
+mod sqlite_writes;
 mod vims;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +158,11 @@ pub struct SqlStore {
     dialect: Dialect,
     /// On SQLite, the hottest reads run in place instead ([`sqlite_reads`]).
     in_place: Option<sqlite_reads::SqliteReads>,
+    /// On an SQLite database file with `durable`, the group commit that makes writes durable
+    /// before they are reported ([`group_sync`]); every write method ends in [`Self::synced`].
+    group_sync: Option<group_sync::GroupSync>,
+    /// On an SQLite database file, the writes of a push run in place ([`sqlite_writes`]).
+    hot: Option<sqlite_writes::SqliteWrites>,
 }
 
 impl SqlStore {
@@ -171,12 +178,22 @@ impl SqlStore {
             url.to_string()
         };
         let opts = AnyConnectOptions::from_str(&url)?;
-        let in_place = match dialect {
+        let file = match dialect {
             Dialect::Sqlite => sqlx::sqlite::SqliteConnectOptions::from_str(&url)
                 .ok()
-                .and_then(|o| sqlite_reads::SqliteReads::new(o.get_filename().to_path_buf())),
+                .map(|o| o.get_filename().to_path_buf())
+                .filter(|p| sqlite_reads::is_file(p)),
             _ => None,
         };
+        let in_place = file.clone().and_then(sqlite_reads::SqliteReads::new);
+        let group_sync = match &file {
+            Some(f) if durable => Some(group_sync::GroupSync::for_database(f.clone())?),
+            _ => None,
+        };
+        // With a group commit, a commit only writes the log and the group sync flushes it;
+        // without one (an in-memory database) each commit syncs, as asked.
+        let full_sync = durable && group_sync.is_none();
+        let hot = file.map(|f| sqlite_writes::SqliteWrites::new(f, full_sync));
         let pool = |max: u32| {
             AnyPoolOptions::new()
                 .max_connections(max)
@@ -188,7 +205,7 @@ impl SqlStore {
                             conn.execute("PRAGMA journal_mode = WAL").await?;
                             conn.execute("PRAGMA busy_timeout = 30000").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
-                            let sync = if durable {
+                            let sync = if full_sync {
                                 "PRAGMA synchronous = FULL"
                             } else {
                                 "PRAGMA synchronous = NORMAL"
@@ -214,6 +231,8 @@ impl SqlStore {
             write,
             dialect,
             in_place,
+            group_sync,
+            hot,
         })
     }
 
@@ -231,13 +250,14 @@ impl SqlStore {
                 "the database schema has migration {v}, which this image-manager does not know: \
                  it is newer than this binary; upgrade image-manager"
             ))),
-            other => Ok(other?),
+            other => self.synced(other.map_err(StoreError::from)).await,
         }
     }
 
     /// Run a write transaction, again when the database reports a deadlock or serialization
     /// failure (concurrent replicas on PostgreSQL or MariaDB), backing off exponentially with
-    /// jitter between attempts (5 ms doubling, at most 8 retries).
+    /// jitter between attempts (5 ms doubling, at most 8 retries); its outcome is reported
+    /// once durable ([`Self::synced`]).
     async fn retrying<'s, T, F>(&'s self, attempt: F) -> Result<T, StoreError>
     where
         F: FnMut() -> futures::future::BoxFuture<'s, Result<T, StoreError>>,
@@ -248,11 +268,12 @@ impl SqlStore {
             .with_max_delay(Duration::from_millis(500))
             .with_max_times(8)
             .with_jitter();
-        attempt
+        let done = attempt
             .retry(policy)
             .when(|e| matches!(e, StoreError::Db(d) if is_retryable(d)))
             .notify(|e, after| tracing::debug!(error = %e, ?after, "retrying transaction"))
-            .await
+            .await;
+        self.synced(done).await
     }
 
     /// Start a write transaction. On SQLite it takes the write lock at once (`BEGIN
@@ -263,6 +284,17 @@ impl SqlStore {
             Dialect::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
             _ => self.write.begin().await?,
         })
+    }
+
+    /// Report `done` once its commit is durable: on SQLite with `storage.fsync`, after the
+    /// group sync of the log that covers it ([`group_sync`]); elsewhere at once (the commit
+    /// synced itself, or durability was not asked for).
+    async fn synced<T>(&self, done: Result<T, StoreError>) -> Result<T, StoreError> {
+        let value = done?;
+        if let Some(g) = &self.group_sync {
+            g.wait().await?;
+        }
+        Ok(value)
     }
 
     fn q<'a>(&self, sql: &'a str) -> Cow<'a, str> {
@@ -653,6 +685,13 @@ impl RegistryStore for SqlStore {
     }
 
     async fn link_blob(&self, repo: &str, digest: &str, size: u64) -> Result<(), StoreError> {
+        if let Some(done) = self
+            .hot
+            .as_ref()
+            .and_then(|w| w.link_blob(repo, digest, size, now_ms()))
+        {
+            return self.synced(Ok(done)).await;
+        }
         self.retrying(|| Box::pin(self.link_blob_once(repo, digest, size)))
             .await
     }
@@ -663,6 +702,9 @@ impl RegistryStore for SqlStore {
 
     async fn upload_create(&self, id: &str, repo: &str) -> Result<(), StoreError> {
         let now = now_ms();
+        if let Some(done) = self.hot.as_ref().and_then(|w| w.upload_create(id, repo, now)) {
+            return self.synced(Ok(done)).await;
+        }
         sqlx::query(&self.q("INSERT INTO uploads (id, repo, size, created_at, updated_at) VALUES (?, ?, 0, ?, ?)"))
             .bind(id)
             .bind(repo)
@@ -670,18 +712,18 @@ impl RegistryStore for SqlStore {
             .bind(now)
             .execute(&self.write)
             .await?;
-        Ok(())
+        self.synced(Ok(())).await
     }
 
     async fn upload_get(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
-        // From the writing pool: a lease decision must see the latest row.
-        let row = sqlx::query(&self.q(
-            "SELECT id, repo, size, created_at, updated_at, writer, writer_until, hash_state, data_id \
-             FROM uploads WHERE id = ?",
-        ))
-        .bind(id)
-        .fetch_optional(&self.write)
-        .await?;
+        const SQL: &str = "SELECT id, repo, size, created_at, updated_at, writer, writer_until, hash_state, data_id \
+             FROM uploads WHERE id = ?";
+        // A lease decision must see the latest row: in place (each statement reads the latest
+        // commit), else from the writing pool.
+        if let Some(found) = self.in_place.as_ref().and_then(|r| r.upload(SQL, id)) {
+            return Ok(found);
+        }
+        let row = sqlx::query(&self.q(SQL)).bind(id).fetch_optional(&self.write).await?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(UploadRecord {
             id: row.try_get(0)?,
@@ -705,6 +747,15 @@ impl RegistryStore for SqlStore {
         until: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
+        // A lease is not made durable: a crash ends its holder too, and a lease the database
+        // forgot only lets the next writer in sooner.
+        if let Some(locked) = self
+            .hot
+            .as_ref()
+            .and_then(|w| w.upload_lock(id, size, previous, token, until, now))
+        {
+            return Ok(locked);
+        }
         let res = match previous {
             None => {
                 sqlx::query(
@@ -760,6 +811,13 @@ impl RegistryStore for SqlStore {
     }
 
     async fn upload_advance(&self, id: &str, token: &str, adv: &UploadAdvance<'_>) -> Result<bool, StoreError> {
+        if let Some(done) = self
+            .hot
+            .as_ref()
+            .and_then(|w| w.upload_advance(id, token, adv, now_ms()))
+        {
+            return self.synced(Ok(done)).await;
+        }
         let data_id = (adv.data_id != id).then_some(adv.data_id);
         let sql = if adv.release {
             "UPDATE uploads SET size = ?, hash_state = ?, data_id = ?, updated_at = ?, writer = NULL, writer_until = 0 \
@@ -778,7 +836,7 @@ impl RegistryStore for SqlStore {
             .bind(adv.from as i64)
             .execute(&self.write)
             .await?;
-        Ok(res.rows_affected() == 1)
+        self.synced(Ok(res.rows_affected() == 1)).await
     }
 
     async fn upload_complete(
@@ -789,6 +847,13 @@ impl RegistryStore for SqlStore {
         digest: &str,
         size: u64,
     ) -> Result<bool, StoreError> {
+        if let Some(done) = self
+            .hot
+            .as_ref()
+            .and_then(|w| w.upload_complete(id, token, repo, digest, size, now_ms()))
+        {
+            return self.synced(Ok(done)).await;
+        }
         self.retrying(|| Box::pin(self.upload_complete_once(id, token, repo, digest, size)))
             .await
     }
@@ -807,7 +872,7 @@ impl RegistryStore for SqlStore {
             .bind(id)
             .execute(&self.write)
             .await?;
-        Ok(res.rows_affected() > 0)
+        self.synced(Ok(res.rows_affected() > 0)).await
     }
 
     async fn uploads_idle_since(&self, before_ms: i64) -> Result<Vec<String>, StoreError> {
@@ -819,6 +884,9 @@ impl RegistryStore for SqlStore {
     }
 
     async fn manifest_put(&self, repo: &str, m: &NewManifest, tags: &[String]) -> Result<PutOutcome, StoreError> {
+        if let Some(done) = self.hot.as_ref().and_then(|w| w.manifest_put(repo, m, tags, now_ms())) {
+            return self.synced(Ok(done)).await;
+        }
         self.retrying(|| Box::pin(self.manifest_put_once(repo, m, tags))).await
     }
 
@@ -954,10 +1022,11 @@ impl RegistryStore for SqlStore {
     }
 
     async fn namespace_quota(&self, ns: &str) -> Result<Option<u64>, StoreError> {
-        let row = sqlx::query(&self.q("SELECT quota_bytes FROM namespaces WHERE name = ?"))
-            .bind(ns)
-            .fetch_optional(&self.read)
-            .await?;
+        const SQL: &str = "SELECT quota_bytes FROM namespaces WHERE name = ?";
+        if let Some(found) = self.in_place.as_ref().and_then(|r| r.nullable_int(SQL, ns)) {
+            return Ok(found.flatten().map(|b| b.max(0) as u64));
+        }
+        let row = sqlx::query(&self.q(SQL)).bind(ns).fetch_optional(&self.read).await?;
         Ok(match row {
             Some(row) => row.try_get::<Option<i64>, _>(0)?.map(|b| b.max(0) as u64),
             None => None,
@@ -976,7 +1045,7 @@ impl RegistryStore for SqlStore {
             .bind(now_ms())
             .execute(&self.write)
             .await?;
-        Ok(())
+        self.synced(Ok(())).await
     }
 
     async fn namespaces(&self) -> Result<Vec<String>, StoreError> {
@@ -1040,7 +1109,7 @@ impl AccountStore for SqlStore {
             .bind(u.created_at)
             .execute(&self.write)
             .await?;
-        Ok(done.rows_affected() > 0)
+        self.synced(Ok(done.rows_affected() > 0)).await
     }
 
     async fn user_get(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -1065,7 +1134,7 @@ impl AccountStore for SqlStore {
             .bind(name)
             .execute(&self.write)
             .await?;
-        Ok(done.rows_affected() > 0)
+        self.synced(Ok(done.rows_affected() > 0)).await
     }
 
     async fn user_delete(&self, name: &str) -> Result<bool, StoreError> {
@@ -1079,7 +1148,7 @@ impl AccountStore for SqlStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(done.rows_affected() > 0)
+        self.synced(Ok(done.rows_affected() > 0)).await
     }
 
     async fn robot_add(&self, r: &RobotRecord) -> Result<bool, StoreError> {
@@ -1097,7 +1166,7 @@ impl AccountStore for SqlStore {
             .bind(r.created_at)
             .execute(&self.write)
             .await?;
-        Ok(done.rows_affected() > 0)
+        self.synced(Ok(done.rows_affected() > 0)).await
     }
 
     async fn robot_get(&self, name: &str) -> Result<Option<RobotRecord>, StoreError> {
@@ -1127,7 +1196,7 @@ impl AccountStore for SqlStore {
             .bind(name)
             .execute(&self.write)
             .await?;
-        Ok(done.rows_affected() > 0)
+        self.synced(Ok(done.rows_affected() > 0)).await
     }
 
     async fn robot_delete(&self, name: &str) -> Result<bool, StoreError> {
@@ -1135,7 +1204,7 @@ impl AccountStore for SqlStore {
             .bind(name)
             .execute(&self.write)
             .await?;
-        Ok(done.rows_affected() > 0)
+        self.synced(Ok(done.rows_affected() > 0)).await
     }
 
     async fn member_role(&self, ns: &str, principal: &str) -> Result<Option<String>, StoreError> {
@@ -1192,7 +1261,7 @@ impl AccountStore for SqlStore {
                     .await?
             }
         };
-        Ok(done.rows_affected() > 0)
+        self.synced(Ok(done.rows_affected() > 0)).await
     }
 
     async fn namespace_public(&self, ns: &str) -> Result<bool, StoreError> {
@@ -1218,7 +1287,7 @@ impl AccountStore for SqlStore {
             .bind(now_ms())
             .execute(&self.write)
             .await?;
-        Ok(())
+        self.synced(Ok(())).await
     }
 
     async fn public_namespaces(&self) -> Result<Vec<String>, StoreError> {
@@ -1246,7 +1315,7 @@ impl AccountStore for SqlStore {
         .bind(a.detail.as_deref())
         .execute(&self.write)
         .await?;
-        Ok(())
+        self.synced(Ok(())).await
     }
 
     async fn audit(&self, f: &AuditFilter, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
@@ -1318,7 +1387,7 @@ impl AccountStore for SqlStore {
             .bind(name)
             .fetch_one(&self.write)
             .await?;
-        Ok(long_text(&row, 0)?.unwrap_or_default())
+        self.synced(Ok(long_text(&row, 0)?.unwrap_or_default())).await
     }
 }
 
@@ -1505,7 +1574,7 @@ impl GcStore for SqlStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(())
+        self.synced(Ok(())).await
     }
 }
 
@@ -1591,7 +1660,7 @@ impl SqlStore {
                     tracing::debug!(error = %e, "garbage collection: concurrent change, row left for next run");
                     return Ok(GcOutcome::Conflict);
                 }
-                other => return other,
+                other => return self.synced(other).await,
             }
         }
     }
@@ -1828,5 +1897,92 @@ impl SqlStore {
             .await?;
         tx.commit().await?;
         Ok(GcOutcome::Removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sqlite_store(dir: &std::path::Path, durable: bool) -> SqlStore {
+        let url = format!("sqlite://{}", dir.join("meta.db").display());
+        let store = SqlStore::connect(&url, durable).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    fn tickets(s: &SqlStore) -> u64 {
+        s.group_sync.as_ref().map_or(0, |g| g.tickets())
+    }
+
+    /// With fsync on, every write of a push is reported only after a group sync (a ticket is
+    /// taken for it); a lease is not synced.
+    #[tokio::test]
+    async fn durable_sqlite_writes_wait_for_the_group_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sqlite_store(dir.path(), true).await;
+        let before = tickets(&s);
+        s.upload_create("u1", "r").await.unwrap();
+        assert_eq!(tickets(&s), before + 1);
+        let now = now_ms();
+        assert!(s.upload_lock("u1", 0, None, "tok", now + 60_000, now).await.unwrap());
+        assert_eq!(tickets(&s), before + 1, "a lease needs no sync");
+        assert!(s.upload_complete("u1", "tok", "r", "sha256:aa", 3).await.unwrap());
+        assert_eq!(tickets(&s), before + 2);
+        let m = NewManifest {
+            digest: "sha256:bb".into(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            content: b"{}".to_vec(),
+            artifact_type: None,
+            subject: None,
+            annotations: None,
+            blobs: vec!["sha256:aa".into()],
+            manifests: vec![],
+        };
+        assert_eq!(
+            s.manifest_put("r", &m, &["t".into()]).await.unwrap(),
+            PutOutcome::Stored
+        );
+        assert_eq!(tickets(&s), before + 3);
+        s.set_namespace_quota("r", Some(10)).await.unwrap();
+        assert_eq!(tickets(&s), before + 4);
+        let syncs = s.group_sync.as_ref().map_or(0, |g| g.syncs());
+        assert!((1..=tickets(&s)).contains(&syncs));
+        assert_eq!(
+            s.manifest_by_tag("r", "t", false).await.unwrap().map(|m| m.digest),
+            Some(m.digest)
+        );
+    }
+
+    /// Without fsync there is no group sync; the in-place writes still land.
+    #[tokio::test]
+    async fn sqlite_without_fsync_has_no_group_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sqlite_store(dir.path(), false).await;
+        assert!(s.group_sync.is_none());
+        s.link_blob("r", "sha256:aa", 3).await.unwrap();
+        assert_eq!(s.repo_blob_size("r", "sha256:aa").await.unwrap(), Some(3));
+    }
+
+    /// A write in place that finds the database busy (the sqlx writer is in a transaction)
+    /// runs through sqlx instead, which waits for the lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_write_in_place_falls_back_to_sqlx() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(sqlite_store(dir.path(), true).await);
+        let handed_on = || s.hot.as_ref().map_or(0, |w| w.handed_on_count());
+        let before = handed_on();
+        let tx = s.begin().await.unwrap();
+        let linking = tokio::spawn({
+            let s = s.clone();
+            async move { s.link_blob("r", "sha256:aa", 3).await }
+        });
+        while handed_on() == before {
+            tokio::task::yield_now().await;
+        }
+        assert!(!linking.is_finished());
+        tx.commit().await.unwrap();
+        linking.await.unwrap().unwrap();
+        assert_eq!(s.repo_blob_size("r", "sha256:aa").await.unwrap(), Some(3));
     }
 }

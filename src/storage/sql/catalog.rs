@@ -209,7 +209,7 @@ impl CatalogStore for SqlStore {
         .bind(rec.created_at)
         .execute(&self.write)
         .await?;
-        Ok(())
+        self.synced(Ok(())).await
     }
 
     async fn image_upload_get(&self, id: &str) -> Result<Option<ImageUploadRecord>, StoreError> {
@@ -253,7 +253,7 @@ impl CatalogStore for SqlStore {
             .bind(id)
             .execute(&self.write)
             .await?;
-        Ok(())
+        self.synced(Ok(())).await
     }
 
     async fn catalog_upsert(&self, e: &EntryRecord) -> Result<(EntryRecord, Upserted), StoreError> {
@@ -540,7 +540,7 @@ impl CatalogStore for SqlStore {
             .bind(link.path.as_deref())
             .execute(&self.write)
             .await?;
-        Ok(())
+        self.synced(Ok(())).await
     }
 
     async fn catalog_links(&self, id: &str) -> Result<Vec<LinkRecord>, StoreError> {

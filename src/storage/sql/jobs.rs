@@ -360,7 +360,7 @@ impl JobStore for SqlStore {
         .bind(owner)
         .execute(&self.write)
         .await?;
-        Ok(res.rows_affected() == 1)
+        self.synced(Ok(res.rows_affected() == 1)).await
     }
 
     async fn fail(
@@ -520,7 +520,7 @@ impl JobStore for SqlStore {
             .execute(&self.write)
             .await?;
         }
-        Ok(())
+        self.synced(Ok(())).await
     }
 
     async fn cursors(&self) -> Result<Vec<(String, i64)>, StoreError> {

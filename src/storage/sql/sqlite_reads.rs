@@ -1,5 +1,6 @@
 //! The hottest registry reads on SQLite, run in place: a manifest by tag or digest, a blob's
-//! size in a repository, a page of tags or repositories.
+//! size in a repository, a page of tags or repositories, a namespace's quota (every push checks it), an upload session (each chunk of a
+//! push reads its session; every commit is visible to the next statement of any connection).
 //!
 //! sqlx runs every SQLite statement on a thread of its own per connection and hands the rows
 //! back through channels: two thread wake-ups per query, which cost more than the query
@@ -21,7 +22,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::metrics::{metrics, OutcomeLabels};
 
-use crate::storage::meta::ManifestRecord;
+use crate::storage::meta::{ManifestRecord, UploadRecord};
 
 /// Idle connections kept; more may be open for a moment under load.
 const POOL: usize = 8;
@@ -33,6 +34,13 @@ pub(crate) struct SqliteReads {
     handed_on: Counter,
 }
 
+/// Whether `path` names a database file (not an in-memory database, which is not shared
+/// between connections).
+pub(crate) fn is_file(path: &std::path::Path) -> bool {
+    let name = path.to_string_lossy();
+    !(name.is_empty() || name == ":memory:" || name.starts_with("file::memory:"))
+}
+
 /// The outcome of a read in place: `None` when the caller should run it through sqlx.
 type Read<T> = Option<T>;
 
@@ -40,8 +48,7 @@ impl SqliteReads {
     /// Reads of the database file `path`; `None` for an in-memory database (not shared between
     /// connections).
     pub fn new(path: PathBuf) -> Option<Self> {
-        let name = path.to_string_lossy();
-        if name.is_empty() || name == ":memory:" || name.starts_with("file::memory:") {
+        if !is_file(&path) {
             return None;
         }
         let counter = |outcome| metrics().sqlite_reads.get_or_create(&OutcomeLabels { outcome }).clone();
@@ -133,6 +140,32 @@ impl SqliteReads {
             }
             Ok(names)
         })
+    }
+
+    /// An upload session by id (`sql` selects the columns of [`UploadRecord`] in order).
+    pub fn upload(&self, sql: &str, id: &str) -> Read<Option<UploadRecord>> {
+        self.read(|c| {
+            c.prepare_cached(sql)?
+                .query_row([id], |row| {
+                    Ok(UploadRecord {
+                        id: row.get(0)?,
+                        repo: row.get(1)?,
+                        size: row.get::<_, i64>(2)? as u64,
+                        created_at: row.get(3)?,
+                        updated_at: row.get(4)?,
+                        writer: row.get(5)?,
+                        writer_until: row.get(6)?,
+                        hash_state: row.get(7)?,
+                        data_id: row.get(8)?,
+                    })
+                })
+                .optional()
+        })
+    }
+
+    /// The nullable integer `sql` (one parameter) answers, `None` when no row does.
+    pub fn nullable_int(&self, sql: &str, key: &str) -> Read<Option<Option<i64>>> {
+        self.read(|c| c.prepare_cached(sql)?.query_row([key], |row| row.get(0)).optional())
     }
 
     /// Whether a row answers `sql` (one parameter).

@@ -178,7 +178,7 @@ impl VimStore for SqlStore {
             .await
             .map_err(StoreError::from);
         match done {
-            Ok(_) => Ok(true),
+            Ok(_) => self.synced(Ok(true)).await,
             Err(e) if is_conflict(&e) => Ok(false),
             Err(e) => Err(e),
         }
@@ -209,7 +209,7 @@ impl VimStore for SqlStore {
         .bind(expected_updated_at)
         .execute(&self.write)
         .await?;
-        Ok(done.rows_affected() == 1)
+        self.synced(Ok(done.rows_affected() == 1)).await
     }
 
     async fn vim_set_health(&self, id: &str, health: &serde_json::Value) -> Result<bool, StoreError> {
@@ -218,7 +218,7 @@ impl VimStore for SqlStore {
             .bind(id)
             .execute(&self.write)
             .await?;
-        Ok(done.rows_affected() == 1)
+        self.synced(Ok(done.rows_affected() == 1)).await
     }
 
     async fn vim_delete(&self, id: &str) -> Result<bool, StoreError> {
@@ -232,7 +232,7 @@ impl VimStore for SqlStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        self.synced(Ok(done.rows_affected() == 1)).await
     }
 
     async fn inventory_replace(&self, vim_id: &str, images: &[VimImageRecord], seen_at: i64) -> Result<(), StoreError> {
@@ -250,12 +250,14 @@ impl VimStore for SqlStore {
             .bind(seen_at)
             .execute(&self.write)
             .await?;
-        Ok(())
+        self.synced(Ok(())).await
     }
 
     async fn inventory_put(&self, image: &VimImageRecord) -> Result<(), StoreError> {
         let mut conn = self.write.acquire().await?;
-        self.image_write(&mut conn, image).await
+        let done = self.image_write(&mut conn, image).await;
+        drop(conn);
+        self.synced(done).await
     }
 
     async fn inventory_delete(&self, vim_id: &str, remote_id: &str) -> Result<bool, StoreError> {
@@ -264,7 +266,7 @@ impl VimStore for SqlStore {
             .bind(remote_id)
             .execute(&self.write)
             .await?;
-        Ok(done.rows_affected() == 1)
+        self.synced(Ok(done.rows_affected() == 1)).await
     }
 
     async fn inventory_of_vim(&self, vim_id: &str) -> Result<Vec<VimImageRecord>, StoreError> {
@@ -298,7 +300,7 @@ impl DistributionStore for SqlStore {
             self.target_insert(&mut tx, t).await?;
         }
         tx.commit().await?;
-        Ok(())
+        self.synced(Ok(())).await
     }
 
     async fn distribution_get(&self, id: &str) -> Result<Option<DistributionRecord>, StoreError> {
@@ -386,7 +388,7 @@ impl DistributionStore for SqlStore {
                 .execute(&self.write)
                 .await?;
         }
-        Ok(updated)
+        self.synced(Ok(updated)).await
     }
 
     async fn targets_in_flight(&self, entry_id: &str) -> Result<Vec<TargetRecord>, StoreError> {
