@@ -9,7 +9,9 @@
 #     harness of tests/pysupport/glance.py: a real Glance 33, alone and behind Keystone 30), plus the tests of
 #     tests/server/ marked backend_independent (transport, connection limits, a full disk);
 #   * on each backend pair, the storage-sensitive suites tests/server/ (lifecycle, replicas,
-#     upload integrity, GC, quotas, auth) and tests/catalog/ (VM images, VNF packages, search,
+#     upload integrity, GC, quotas, auth), tests/distribution/ (VIMs, distribution jobs to a real
+#     Glance, alone and behind Keystone, to CNCF Distribution and a second Image Manager, through
+#     a MultiCloud API server) and tests/catalog/ (VM images, VNF packages, search,
 #     the OpenAPI document with schemathesis): SQLite + filesystem, PostgreSQL + S3,
 #     MariaDB + S3.
 # The four Python passes share no state (every server gets its own database and S3 prefix) and
@@ -84,7 +86,7 @@ pass() { # NAME SERVER-ARGS PYTEST-RUN...: start one pass in the background; eac
   pass_pid[$name]=$!
 }
 
-storage="tests/server tests/catalog -m not(backend_independent)"
+storage="tests/server tests/catalog tests/distribution -m not(backend_independent)"
 pass "once: spec-tests, clients" "" "spec-tests tests/clients tests/vims" "tests/server -m backend_independent"
 pass "SQLite + filesystem" "" "$storage"
 pass "PostgreSQL + S3" "--database postgres://postgres@127.0.0.1:5432/{id} $s3" "$storage"

@@ -1133,7 +1133,7 @@ impl Distribution {
         };
         if let Err(e) = sent {
             // Failed or cancelled: the half image goes (Glance cannot take the bytes again).
-            let _ = g.delete_image(&id).await;
+            self.discard(g, &id).await;
             return Err(e);
         }
         // 4. Verify.
@@ -1162,6 +1162,25 @@ impl Distribution {
             .await?;
         self.replace_older(g, &vim.record.id, entry, &named, &id, opts).await?;
         self.finish_active(t, &id, false, record(&img)).await
+    }
+
+    /// Delete a half-made image until Glance no longer shows it: an upload Glance is still
+    /// reading when the transfer stops may put it back in its queue right after a first delete.
+    /// Best effort, bounded (a later attempt deletes leftovers under the temporary name).
+    async fn discard(&self, g: &GlanceClient, id: &str) {
+        let every = Duration::from_millis(self.config.poll_interval_ms.clamp(50, 2000));
+        for _ in 0..20 {
+            let _ = g.delete_image(id).await;
+            match g.get_image(id).await {
+                Ok(None) => return,
+                Ok(Some(img)) if img.status == "deleted" => return,
+                _ => tokio::time::sleep(every).await,
+            }
+        }
+        tracing::warn!(
+            image = id,
+            "a half-made Glance image could not be deleted; the next attempt will"
+        );
     }
 
     /// The images under `entry`'s name that earlier versions left (not `keep_id`): renamed
