@@ -716,6 +716,34 @@ impl Distribution {
         Ok(out)
     }
 
+    /// The targets of job `id` that `who` acts on (all, or those of one VIM / entry), refused
+    /// unless `who` may push to every namespace of the job's images; and the VIM's id.
+    async fn targets_to_act_on(
+        &self,
+        who: &Actor,
+        id: &str,
+        vim: Option<&str>,
+        entry: Option<&str>,
+    ) -> Result<(Option<String>, Vec<TargetRecord>)> {
+        let view = self.get(who, id).await?;
+        let opts: JobOptions = serde_json::from_value(view.options).unwrap_or_default();
+        for ns in &opts.namespaces {
+            self.may(who, Action::Push, ns).await?;
+        }
+        let vim = match vim {
+            Some(v) => Some(self.vims.find(v).await?.id),
+            None => None,
+        };
+        let targets = self
+            .store
+            .targets_of(id)
+            .await?
+            .into_iter()
+            .filter(|t| vim.as_ref().is_none_or(|v| *v == t.vim_id) && entry.is_none_or(|e| e == t.entry_id))
+            .collect();
+        Ok((vim, targets))
+    }
+
     /// Cancel a job's targets that have not finished (all, or those of one VIM / entry).
     pub async fn cancel(
         &self,
@@ -724,21 +752,8 @@ impl Distribution {
         vim: Option<&str>,
         entry: Option<&str>,
     ) -> Result<DistributionView> {
-        let view = self.get(who, id).await?;
-        for ns in serde_json::from_value::<JobOptions>(view.options.clone())
-            .unwrap_or_default()
-            .namespaces
-        {
-            self.may(who, Action::Push, &ns).await?;
-        }
-        let vim = match vim {
-            Some(v) => Some(self.vims.find(v).await?.id),
-            None => None,
-        };
-        for t in self.store.targets_of(id).await? {
-            if vim.as_ref().is_some_and(|v| *v != t.vim_id) || entry.is_some_and(|e| e != t.entry_id) {
-                continue;
-            }
+        let (vim, targets) = self.targets_to_act_on(who, id, vim, entry).await?;
+        for t in targets {
             if FINAL_STATES.contains(&t.state.as_str()) {
                 continue;
             }
@@ -764,21 +779,8 @@ impl Distribution {
         vim: Option<&str>,
         entry: Option<&str>,
     ) -> Result<DistributionView> {
-        let view = self.get(who, id).await?;
-        for ns in serde_json::from_value::<JobOptions>(view.options.clone())
-            .unwrap_or_default()
-            .namespaces
-        {
-            self.may(who, Action::Push, &ns).await?;
-        }
-        let vim = match vim {
-            Some(v) => Some(self.vims.find(v).await?.id),
-            None => None,
-        };
-        for t in self.store.targets_of(id).await? {
-            if vim.as_ref().is_some_and(|v| *v != t.vim_id) || entry.is_some_and(|e| e != t.entry_id) {
-                continue;
-            }
+        let (vim, targets) = self.targets_to_act_on(who, id, vim, entry).await?;
+        for t in targets {
             if !matches!(t.state.as_str(), "failed" | "cancelled") {
                 continue;
             }

@@ -106,6 +106,9 @@ fn db_kind(e: &sqlx::Error) -> StoreErrorKind {
             StoreErrorKind::Full => StoreErrorKind::Full,
             _ => StoreErrorKind::Transient,
         },
+        // The driver knows its own unique-key codes (MariaDB reports SQLSTATE 23000 for
+        // several constraints, so the code alone does not tell).
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreErrorKind::Conflict,
         sqlx::Error::Database(d) => {
             let code = d.code();
             match code.as_deref().unwrap_or_default() {
