@@ -630,12 +630,18 @@ impl Distribution {
         self.view_of(job, targets)
     }
 
+    /// Queue a run of target `t`. Its unique key names the target and the version of the row
+    /// that asks (`updated_at`): a retry made while the cancelled run is still winding down
+    /// (deleting its half image) queues a run of its own instead of being folded into the
+    /// ending one; the old run writes nothing more (the row left the states it writes from).
     async fn enqueue(&self, t: &TargetRecord) -> Result<()> {
         let payload = json!({"job": t.job_id, "entry": t.entry_id, "vim": t.vim_id});
         // The queue's own attempt count only bounds waiting for a busy VIM; the target's
         // attempts (distribution.max_attempts) bound the failures.
-        let job = NewJob::new(QUEUE, KIND, payload, 100_000)
-            .unique(&format!("dist/{}/{}/{}", t.job_id, t.entry_id, t.vim_id));
+        let job = NewJob::new(QUEUE, KIND, payload, 100_000).unique(&format!(
+            "dist/{}/{}/{}/{}",
+            t.job_id, t.entry_id, t.vim_id, t.updated_at
+        ));
         self.enqueuer.enqueue(&job).await?;
         Ok(())
     }

@@ -175,7 +175,9 @@ def test_a_corrupt_copy_is_caught_deleted_and_redone(srv, glance, tmp_path):
         t = target(wait_job(srv, distribute(srv, [e["id"]], [v["id"]], "web-download")["id"]))
     finally:
         proxy.close()
-    assert t["state"] == "active" and t["attempts"] == 2, t
+    # The corrupt copy failed verification: one attempt more at least (a loaded Glance may
+    # add a transient failure of its own).
+    assert t["state"] == "active" and t["attempts"] >= 2, t
     assert proxy.requests >= 2
     ours = [i for i in glance_images(glance) if i.get("im_entry_id") == e["id"]]
     assert [i["id"] for i in ours] == [t["remote_id"]], ours
