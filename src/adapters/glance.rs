@@ -309,31 +309,7 @@ type Build<'a> = &'a (dyn Fn(&reqwest::Client, &str) -> RequestBuilder + Send + 
 
 impl GlanceClient {
     pub fn new(cfg: GlanceConfig) -> AdapterResult<Self> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(cfg.connect_timeout)
-            .user_agent(concat!("image-manager/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &cfg.ca_pem {
-            // rustls would take a text without any certificate as an empty bundle.
-            if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(AdapterError::new(
-                    AdapterErrorKind::Other,
-                    "glance: the CA certificate has no PEM CERTIFICATE block",
-                ));
-            }
-            let cert = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
-                AdapterError::new(
-                    AdapterErrorKind::Other,
-                    format!("glance: the CA certificate is not PEM: {e}"),
-                )
-            })?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let http = builder.build().map_err(|e| {
-            AdapterError::new(
-                AdapterErrorKind::Other,
-                format!("glance: cannot build the HTTP client: {e}"),
-            )
-        })?;
+        let http = super::http_client("glance", cfg.connect_timeout, cfg.ca_pem.as_deref())?;
         let target = match cfg.endpoint {
             GlanceEndpoint::Direct { url } => {
                 let url = url.trim_end_matches('/').to_string();

@@ -127,19 +127,30 @@ pub async fn json_answer<T: serde::de::DeserializeOwned>(resp: reqwest::Response
         .map_err(|e| AdapterError::new(AdapterErrorKind::Other, format!("{what}: unreadable answer: {e}")))
 }
 
-/// An HTTP client with these timeouts and, when given, one more trusted root (PEM).
-pub fn http_client(connect_timeout: std::time::Duration, ca_pem: Option<&str>) -> AdapterResult<reqwest::Client> {
+/// The HTTP client of one remote system: this connect timeout, our user agent, at most 5
+/// redirects, and the extra trusted roots of `ca_pem` (one or more PEM certificates; a text
+/// without any is refused rather than taken as an empty bundle). `what` names the system in
+/// errors.
+pub fn http_client(
+    what: &str,
+    connect_timeout: std::time::Duration,
+    ca_pem: Option<&str>,
+) -> AdapterResult<reqwest::Client> {
+    let other = |m: String| AdapterError::new(AdapterErrorKind::Other, format!("{what}: {m}"));
     let mut b = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::limited(5))
         .user_agent(concat!("image-manager/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = ca_pem {
-        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-            .map_err(|e| AdapterError::new(AdapterErrorKind::Other, format!("ca_pem: {e}")))?
-        {
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|e| other(format!("the CA certificates are not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(other("no certificate in the CA PEM".into()));
+        }
+        for cert in certs {
             b = b.add_root_certificate(cert);
         }
     }
     b.build()
-        .map_err(|e| AdapterError::new(AdapterErrorKind::Other, format!("HTTP client: {e}")))
+        .map_err(|e| other(format!("cannot build the HTTP client: {e}")))
 }

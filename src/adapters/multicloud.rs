@@ -150,7 +150,7 @@ impl MultiCloudClient {
             }
         };
         Ok(Self {
-            http: http_client(cfg.connect_timeout, cfg.ca_pem.as_deref())?,
+            http: http_client("MultiCloud", cfg.connect_timeout, cfg.ca_pem.as_deref())?,
             images_url,
             call_timeout: cfg.call_timeout,
         })

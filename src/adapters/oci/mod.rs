@@ -369,21 +369,7 @@ impl RegistryClient {
                 Some(ns.to_string())
             }
         };
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(cfg.connect_timeout)
-            .user_agent(concat!("image-manager/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(5));
-        if let Some(pem) = &cfg.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-                .map_err(|e| other(format!("registry CA certificates: {e}")))?;
-            if certs.is_empty() {
-                return Err(other("registry CA certificates: no certificate in the PEM"));
-            }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        let http = builder.build().map_err(|e| other(format!("registry client: {e}")))?;
+        let http = super::http_client("registry", cfg.connect_timeout, cfg.ca_pem.as_deref())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
