@@ -346,7 +346,7 @@ fi
 render "$HERE/glance-api-paste.ini.in" "$ETC/glance-api-paste.ini" "ETC=$ETC" \
   "NOAUTH_PROJECT_ID=$GLANCE_NOAUTH_PROJECT_ID" \
   "NOAUTH_USER_ID=$GLANCE_NOAUTH_USER_ID" "NOAUTH_ROLES=$GLANCE_NOAUTH_ROLES"
-cp "$HERE/glance_noauth.py" "$ETC/glance_noauth.py"
+cp "$HERE/glance_noauth.py" "$HERE/glance_wsgi.py" "$ETC/"
 
 db_stamp="$(cat "$GLANCE_VENV/.start-sh-stamp")"
 if [[ ! -f $GLANCE_DATA_DIR/glance.sqlite || "$(cat "$GLANCE_DATA_DIR/.db-synced" 2>/dev/null)" != "$db_stamp" ]]; then
@@ -376,7 +376,7 @@ else
   port_busy "$GLANCE_HOST" "$GLANCE_PORT" && die "port $GLANCE_HOST:$GLANCE_PORT is already in use"
   log "starting glance-api on $GLANCE_URL (auth=$GLANCE_AUTH)"
   echo "$GLANCE_AUTH" > "$RUN/glance-api.mode"
-  start_gunicorn glance-api "$GLANCE_VENV" glance.wsgi.api:application \
+  start_gunicorn glance-api "$GLANCE_VENV" glance_wsgi:application \
     "$GLANCE_HOST" "$GLANCE_PORT" "$GLANCE_WORKERS" "$GLANCE_THREADS" \
     "OS_GLANCE_CONFIG_DIR=$ETC" "PYTHONPATH=$ETC" "PYTHONWARNINGS=ignore"
 fi
