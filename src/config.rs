@@ -21,6 +21,7 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub secrets: SecretsConfig,
     pub distribution: DistributionConfig,
+    pub relay: RelayConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -271,7 +272,7 @@ impl Default for JobsConfig {
     }
 }
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "server__",
     "storage__",
     "registry__",
@@ -281,6 +282,7 @@ const SECTIONS: [&str; 9] = [
     "jobs__",
     "secrets__",
     "distribution__",
+    "relay__",
 ];
 
 /// A configured secret: shown as `***` in debug output and logs.
@@ -347,6 +349,53 @@ pub struct DistributionConfig {
     pub inventory_interval_secs: u64,
     /// How often a target waiting for the VIM (an import, a verification) asks again (ms).
     pub poll_interval_ms: u64,
+    /// Regional relays (`image-manager serve --upstream`): a VIM whose labels match a relay's
+    /// `selector` downloads through that relay's `url` (the first match wins; a VIM's own
+    /// `relay_url` comes first), so each image crosses the central uplink once per region.
+    pub relays: Vec<RelayRoute>,
+}
+
+/// One regional relay and the VIMs that download through it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayRoute {
+    /// The relay's base URL as the VIMs reach it.
+    pub url: String,
+    /// VIM labels, `key=value[,key=value…]`, all of which must match.
+    pub selector: String,
+}
+
+/// Relay mode (`image-manager serve --upstream URL`): this server is a pull-through cache of
+/// another Image Manager. It serves download links and blob pulls from its own blob store,
+/// fetching each blob from the upstream once; the upstream authorizes every request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The upstream Image Manager's base URL; set, the server runs as a relay.
+    pub upstream: Option<String>,
+    /// PEM bundle of extra roots trusted for the upstream's certificate.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Bytes of blobs kept; the least recently used go first. A blob larger than this is
+    /// passed through from the upstream, not kept.
+    pub cache_max_bytes: u64,
+    pub connect_timeout_secs: u64,
+    /// Timeout of one authorization call (HEAD) to the upstream.
+    pub call_timeout_secs: u64,
+    /// A fetch from the upstream that moves no byte this long fails.
+    pub stall_timeout_secs: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            upstream: None,
+            upstream_ca_file: None,
+            cache_max_bytes: 100 << 30,
+            connect_timeout_secs: 10,
+            call_timeout_secs: 30,
+            stall_timeout_secs: 120,
+        }
+    }
 }
 
 impl Default for DistributionConfig {
@@ -368,6 +417,7 @@ impl Default for DistributionConfig {
             health_interval_secs: 300,
             inventory_interval_secs: 3600,
             poll_interval_ms: 1000,
+            relays: Vec::new(),
         }
     }
 }

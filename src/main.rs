@@ -65,6 +65,10 @@ enum Command {
         /// Serve plain HTTP beyond loopback (only behind a proxy that terminates TLS).
         #[arg(long)]
         allow_plain_http: bool,
+        /// Run as a regional relay of the Image Manager at this URL (relay.upstream): serve its
+        /// download links and blob pulls from a local cache, fetching each blob once.
+        #[arg(long)]
+        upstream: Option<String>,
     },
     /// Manage users: add, list, disable, delete.
     User {
@@ -698,8 +702,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             allow_plain_http,
+            upstream,
         } => {
             let mut config = load(&store)?;
+            if upstream.is_some() {
+                config.relay.upstream = upstream;
+            }
             if tls_cert.is_some() {
                 config.server.tls_cert = tls_cert;
                 config.server.tls_key = tls_key;

@@ -84,6 +84,11 @@ pub struct Metrics {
     pub indexer_lag_events: Gauge,
     pub job_queue_depth: Family<QueueLabels, Gauge>,
     pub job_queue_oldest_seconds: Family<QueueLabels, Gauge>,
+    pub download_bytes: Counter,
+    pub relay_requests: Family<OutcomeLabels, Counter>,
+    pub relay_fetched_bytes: Counter,
+    pub relay_evictions: Counter,
+    pub relay_cache_bytes: Gauge,
 }
 
 fn db_latency() -> Histogram {
@@ -213,6 +218,36 @@ impl Metrics {
             "Age of the oldest waiting job, by queue",
             job_queue_oldest_seconds.clone(),
         );
+        let download_bytes = Counter::default();
+        registry.register(
+            "download_link_bytes",
+            "Blob bytes sent through download links (/dl: Glance web-download, MultiCloud, relays)",
+            download_bytes.clone(),
+        );
+        let relay_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "relay_requests",
+            "Relay mode: blob requests by outcome (hit, miss, passthrough, refused)",
+            relay_requests.clone(),
+        );
+        let relay_fetched_bytes = Counter::default();
+        registry.register(
+            "relay_upstream_bytes",
+            "Relay mode: blob bytes fetched from the upstream",
+            relay_fetched_bytes.clone(),
+        );
+        let relay_evictions = Counter::default();
+        registry.register(
+            "relay_evictions",
+            "Relay mode: blobs evicted from the cache",
+            relay_evictions.clone(),
+        );
+        let relay_cache_bytes = Gauge::default();
+        registry.register(
+            "relay_cache_bytes",
+            "Relay mode: bytes of blobs cached",
+            relay_cache_bytes.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -236,6 +271,11 @@ impl Metrics {
             indexer_lag_events,
             job_queue_depth,
             job_queue_oldest_seconds,
+            download_bytes,
+            relay_requests,
+            relay_fetched_bytes,
+            relay_evictions,
+            relay_cache_bytes,
         }
     }
 

@@ -56,7 +56,80 @@ pub async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     bail!("unsupported blob store URL {url:?} (expected file:///path or s3://bucket/prefix)")
 }
 
+/// Bind `server.listen`.
+async fn bind(config: &Config) -> anyhow::Result<(TcpListener, std::net::SocketAddr)> {
+    let listener = TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Connections of `listener`, plain or TLS as `config.server` says; returns whether TLS.
+fn accept(
+    config: &Config,
+    listener: TcpListener,
+    local: std::net::SocketAddr,
+) -> anyhow::Result<(crate::listener::Incoming, bool)> {
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => bail!("server.tls_cert and server.tls_key go together: set both or neither"),
+    };
+    if tls.is_none() && !local.ip().is_loopback() && !config.server.allow_plain_http {
+        bail!(
+            "refusing to serve plain HTTP on {local}: passwords and tokens would cross the network in \
+             clear text. Give a certificate and key (--tls-cert/--tls-key, server.tls_cert/tls_key), \
+             listen on loopback, or, behind a proxy that terminates TLS, set --allow-plain-http \
+             (server.allow_plain_http = true)"
+        );
+    }
+    let incoming = match &tls {
+        Some((cert, key)) => crate::listener::Incoming::tls(listener, cert, key)?,
+        None => crate::listener::Incoming::plain(listener)?,
+    };
+    Ok((incoming, tls.is_some()))
+}
+
+/// Relay mode (`relay.upstream` set): a pull-through cache of another Image Manager, with a
+/// blob store and no metadata database of its own ([`crate::core::relay`]).
+pub async fn serve_relay(config: Config) -> anyhow::Result<()> {
+    if config.database_url().starts_with("sqlite://") || config.blobs_url().starts_with("file://") {
+        std::fs::create_dir_all(&config.server.data_dir)
+            .with_context(|| format!("creating data directory {}", config.server.data_dir.display()))?;
+    }
+    let blobs = open_blobs(&config).await?;
+    let relay = Arc::new(crate::core::relay::Relay::open(config.relay.clone(), blobs).await?);
+    let (listener, local) = bind(&config).await?;
+    let (incoming, tls) = accept(&config, listener, local)?;
+    tracing::info!(listen = %local, tls, upstream = relay.upstream(), "image-manager relay serving");
+    let app = crate::http::relay::router(relay);
+    crate::http::serve::serve(
+        incoming,
+        app,
+        crate::http::serve::Limits::from_config(&config.server),
+        async {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+        },
+        Duration::from_secs(config.server.shutdown_timeout_secs),
+    )
+    .await;
+    Ok(())
+}
+
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.relay.upstream.is_some() {
+        return serve_relay(config).await;
+    }
+    for r in &config.distribution.relays {
+        crate::core::vims::parse_selector(&r.selector)
+            .map_err(|e| anyhow::anyhow!("distribution.relays: selector {:?}: {e}", r.selector))?;
+        let url = reqwest::Url::parse(&r.url).with_context(|| format!("distribution.relays: url {:?}", r.url))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            bail!("distribution.relays: url {:?} is not an http(s) URL", r.url);
+        }
+    }
     let store = open_metadata(&config).await?;
     let meta: Arc<dyn MetadataStore> = store.clone();
     let gc_store: Arc<dyn GcStore> = store.clone();
@@ -74,10 +147,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             config.server.auth
         )
     })?;
-    let listener = TcpListener::bind(&config.server.listen)
-        .await
-        .with_context(|| format!("binding {}", config.server.listen))?;
-    let local = listener.local_addr()?;
+    let (listener, local) = bind(&config).await?;
     if mode == AuthMode::None && !local.ip().is_loopback() {
         bail!(
             "refusing to serve {local} with --auth none: without authentication anyone who can reach \
@@ -86,19 +156,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
              admin with `image-manager user add NAME --admin --password-stdin`"
         );
     }
-    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
-        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
-        (None, None) => None,
-        _ => bail!("server.tls_cert and server.tls_key go together: set both or neither"),
-    };
-    if tls.is_none() && !local.ip().is_loopback() && !config.server.allow_plain_http {
-        bail!(
-            "refusing to serve plain HTTP on {local}: passwords and tokens would cross the network in \
-             clear text. Give a certificate and key (--tls-cert/--tls-key, server.tls_cert/tls_key), \
-             listen on loopback, or, behind a proxy that terminates TLS, set --allow-plain-http \
-             (server.allow_plain_http = true)"
-        );
-    }
+    let (incoming, tls) = accept(&config, listener, local)?;
     let auth = match mode {
         AuthMode::None => Auth::none(),
         AuthMode::Token => {
@@ -115,7 +173,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             )
             .await
             .context("loading the token signing key")?
-            .with_realm(config.server.token_realm.clone(), tls.is_some())
+            .with_realm(config.server.token_realm.clone(), tls)
         }
     };
     let registry = Arc::new(
@@ -124,11 +182,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .with_auth(auth)
             .with_jobs(jobs.clone()),
     );
-    let incoming = match &tls {
-        Some((cert, key)) => crate::listener::Incoming::tls(listener, cert, key)?,
-        None => crate::listener::Incoming::plain(listener)?,
-    };
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if tls { "https" } else { "http" };
     tracing::info!(listen = %local, scheme, auth = %config.server.auth, data_dir = %config.server.data_dir.display(), "image-manager serving");
 
     // Background work. The indexer runs on every replica (re-deriving an entry is idempotent);

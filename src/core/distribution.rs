@@ -41,7 +41,7 @@ use tokio::sync::Semaphore;
 
 use super::admin::Actor;
 use super::jobs::{Backoff, Enqueuer, JobContext, JobError, JobHandler};
-use super::vims::{selector_matches, OpenVim, VimClient, Vims};
+use super::vims::{parse_selector, selector_matches, OpenVim, VimClient, Vims};
 use crate::adapters::glance::{GlanceClient, GlanceImage, NewGlanceImage, PatchOp};
 use crate::adapters::multicloud::{MultiCloudClient, MultiCloudImage, NewMultiCloudImage, Property};
 use crate::adapters::oci::containerdisk::{push_container_disk, DiskImage};
@@ -266,6 +266,14 @@ impl DownloadSigner {
         Ok(format!("{payload}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())))
     }
 
+    /// What `token` claims to grant, unchecked: a relay, which does not hold the key, learns
+    /// which blob a link names from it, then has the upstream check the link itself.
+    pub fn peek(token: &str) -> Option<DownloadGrant> {
+        let (payload, _) = token.split_once('.')?;
+        let raw = URL_SAFE_NO_PAD.decode(payload).ok()?;
+        serde_json::from_slice(&raw).ok()
+    }
+
     /// The grant of a valid, unexpired token.
     pub fn check(&self, token: &str, now_secs: i64) -> Result<DownloadGrant> {
         let denied = || Error::Denied("download link invalid or expired".into());
@@ -279,6 +287,14 @@ impl DownloadSigner {
         }
         Ok(grant)
     }
+}
+
+/// The URL of the first relay in `relays` whose selector `labels` match.
+fn relay_for(relays: &[crate::config::RelayRoute], labels: &BTreeMap<String, String>) -> Option<String> {
+    relays.iter().find_map(|r| {
+        let selector = parse_selector(&r.selector).ok()?;
+        selector_matches(&selector, labels).then(|| r.url.clone())
+    })
 }
 
 /// The VM image facts a distribution needs, from a catalog entry.
@@ -1012,12 +1028,14 @@ impl Distribution {
         .await
     }
 
-    /// Where the VIM downloads our blobs from, if it can: the VIM's relay or download URL,
-    /// else the configured public URL.
+    /// Where the VIM downloads our blobs from, if it can: the VIM's own relay, else the first
+    /// configured relay whose selector its labels match, else its download URL, else the
+    /// configured public URL.
     fn download_base(&self, vim: &OpenVim) -> Option<String> {
         vim.settings
             .relay_url
             .clone()
+            .or_else(|| relay_for(&self.config.relays, &vim.record.labels))
             .or_else(|| vim.settings.download_url.clone())
             .or_else(|| self.config.public_url.clone())
             .map(|u| u.trim_end_matches('/').to_string())

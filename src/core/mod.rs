@@ -14,6 +14,7 @@ pub mod jobs;
 pub use crate::oci::{manifest, names};
 pub mod outbox;
 pub mod package;
+pub mod relay;
 pub mod secrets;
 pub mod uploads;
 pub mod vims;

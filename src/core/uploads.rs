@@ -145,6 +145,23 @@ pub enum RangeRequest {
     Suffix(u64),
 }
 
+/// The bytes `range` asks for of a blob of `size` bytes (`None`: all of it), or 416.
+pub fn resolve_range(size: u64, range: Option<RangeRequest>) -> Result<Option<ByteRange>> {
+    Ok(match range {
+        None => None,
+        Some(RangeRequest::From(start, _)) if start >= size => return Err(Error::RangeNotSatisfiable { size }),
+        Some(RangeRequest::From(start, end)) => Some(ByteRange {
+            start,
+            end: end.unwrap_or(u64::MAX).min(size - 1),
+        }),
+        Some(RangeRequest::Suffix(n)) if n == 0 || size == 0 => return Err(Error::RangeNotSatisfiable { size }),
+        Some(RangeRequest::Suffix(n)) => Some(ByteRange {
+            start: size.saturating_sub(n),
+            end: size - 1,
+        }),
+    })
+}
+
 /// Where an upload session stands.
 pub struct UploadState {
     pub id: String,
@@ -234,19 +251,7 @@ impl Registry {
     #[tracing::instrument(level = "debug", skip_all, fields(repo = %repo, digest = %digest))]
     pub async fn get_blob(&self, repo: &RepoName, digest: &Digest, range: Option<RangeRequest>) -> Result<BlobBody> {
         let size = self.stat_blob(repo, digest).await?;
-        let range = match range {
-            None => None,
-            Some(RangeRequest::From(start, _)) if start >= size => return Err(Error::RangeNotSatisfiable { size }),
-            Some(RangeRequest::From(start, end)) => Some(ByteRange {
-                start,
-                end: end.unwrap_or(u64::MAX).min(size - 1),
-            }),
-            Some(RangeRequest::Suffix(n)) if n == 0 || size == 0 => return Err(Error::RangeNotSatisfiable { size }),
-            Some(RangeRequest::Suffix(n)) => Some(ByteRange {
-                start: size.saturating_sub(n),
-                end: size - 1,
-            }),
-        };
+        let range = resolve_range(size, range)?;
         let stream = self.blobs.get(digest, range).await.map_err(|e| {
             tracing::error!(%digest, error = %e, "blob recorded in metadata but not readable");
             Error::from(e)

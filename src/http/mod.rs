@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod headers;
 pub mod openapi;
 pub mod registry;
+pub mod relay;
 pub mod serve;
 pub mod token;
 pub mod vims;

@@ -26,7 +26,7 @@ const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-app
 
 /// A `/v2` endpoint, decoded from the raw (never percent-decoded) request path.
 #[derive(Debug, PartialEq, Eq)]
-enum Route<'a> {
+pub(crate) enum Route<'a> {
     Base,
     Catalog,
     Tags(&'a str),
@@ -52,7 +52,7 @@ pub(crate) fn route_label(path: &str) -> &'static str {
     }
 }
 
-fn route(path: &str) -> Option<Route<'_>> {
+pub(crate) fn route(path: &str) -> Option<Route<'_>> {
     let rest = path.strip_prefix("/v2")?;
     let rest = rest.strip_prefix('/').unwrap_or(rest);
     if rest.is_empty() {

@@ -400,6 +400,12 @@ async fn download_inner(state: &AppState, token: &str, headers: &HeaderMap) -> R
             ),
         None => b.status(StatusCode::OK).header(header::CONTENT_LENGTH, blob.size),
     };
-    b.body(Body::from_stream(blob.stream))
+    let counted = blob.stream.map(|chunk| {
+        if let Ok(c) = &chunk {
+            crate::metrics::metrics().download_bytes.inc_by(c.len() as u64);
+        }
+        chunk
+    });
+    b.body(Body::from_stream(counted))
         .map_err(|e| Problem(Error::Internal(e.to_string())))
 }

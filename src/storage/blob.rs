@@ -61,6 +61,11 @@ pub trait BlobStore: Send + Sync + 'static {
     /// died during a monolithic or staged upload, which have no session row).
     async fn upload_list_stale(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StoreError>;
 
+    /// Every committed blob with its size (a relay rebuilds its cache index from it at start).
+    async fn committed(&self) -> Result<Vec<(Digest, u64)>, StoreError> {
+        Err(StoreError::Other("this blob store cannot list its blobs".into()))
+    }
+
     /// Readiness: the backend answers.
     async fn check(&self) -> Result<(), StoreError>;
 

@@ -352,6 +352,38 @@ impl BlobStore for FsBlobStore {
         blocking(move || not_found_is_none(fs::remove_file(path)).map(|_| ())).await
     }
 
+    async fn committed(&self) -> Result<Vec<(Digest, u64)>, StoreError> {
+        let root = self.root.join("blobs");
+        blocking(move || {
+            let mut found = Vec::new();
+            for algo in ["sha256", "sha512"] {
+                let Some(fans) = not_found_is_none(fs::read_dir(root.join(algo)))? else {
+                    continue;
+                };
+                for fan in fans {
+                    let fan = fan?;
+                    if !fan.file_type()?.is_dir() {
+                        continue;
+                    }
+                    for entry in fs::read_dir(fan.path())? {
+                        let entry = entry?;
+                        let Some(hex) = entry.file_name().to_str().map(str::to_owned) else {
+                            continue;
+                        };
+                        let Ok(digest) = Digest::parse(&format!("{algo}:{hex}")) else {
+                            continue; // a temporary file, or something not ours
+                        };
+                        if let Some(meta) = not_found_is_none(entry.metadata())? {
+                            found.push((digest, meta.len()));
+                        }
+                    }
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn trashed(&self) -> Result<Vec<(Digest, String)>, StoreError> {
         let dir = self.root.join("trash");
         blocking(move || {

@@ -143,6 +143,9 @@ impl BlobStore for InstrumentedBlobs {
     async fn trashed(&self) -> Result<Vec<(Digest, String)>, StoreError> {
         observe("trashed", self.inner.trashed()).await
     }
+    async fn committed(&self) -> Result<Vec<(Digest, u64)>, StoreError> {
+        observe("committed", self.inner.committed()).await
+    }
 }
 
 /// Writes are timed as a whole at `finish` (each chunk's wait is back-pressure, not latency).

@@ -488,6 +488,31 @@ impl Inner {
         Ok(self.list_modified(prefix).await?.into_iter().map(|(k, _)| k).collect())
     }
 
+    /// Keys under `prefix` with their sizes.
+    async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| s3_error(&format!("listing {prefix}"), &e))?;
+            keys.extend(out.contents().iter().filter_map(|o| {
+                let size = o.size().unwrap_or(0).max(0) as u64;
+                o.key().map(|k| (k.to_owned(), size))
+            }));
+            match (out.is_truncated(), out.next_continuation_token()) {
+                (Some(true), Some(next)) => token = Some(next.to_string()),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
     /// Keys under `prefix` with their last-modified times (ms since the epoch).
     async fn list_modified(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
         let mut keys = Vec::new();
@@ -977,6 +1002,23 @@ impl BlobStore for S3BlobStore {
             .map(|(id, _)| id)
             .take(limit)
             .collect())
+    }
+
+    async fn committed(&self) -> Result<Vec<(Digest, u64)>, StoreError> {
+        let dir = self.inner.key("blobs/");
+        let mut found = Vec::new();
+        for (key, size) in self.inner.list_sized(&dir).await? {
+            // blobs/<algorithm>/<fan>/<hex>
+            let mut parts = key.strip_prefix(&dir).unwrap_or_default().split('/');
+            let (Some(algo), Some(_), Some(hex), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if let Ok(digest) = Digest::parse(&format!("{algo}:{hex}")) {
+                found.push((digest, size));
+            }
+        }
+        Ok(found)
     }
 
     async fn trashed(&self) -> Result<Vec<(Digest, String)>, StoreError> {

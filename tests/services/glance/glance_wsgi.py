@@ -8,25 +8,20 @@ holds the write lock, gets "database is locked" at once: SQLite refuses to
 wait there (it would deadlock), whatever the busy timeout. Seen as an HTTP 500
 on POST /v2/images on a loaded machine. Taking the write lock when the
 transaction begins makes every writer wait its turn (up to the connection's
-timeout=30) instead. This is the recipe SQLAlchemy documents for pysqlite
-("Serializable isolation / Savepoints / Transactional DDL").
+timeout=30) instead.
 """
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 
-@event.listens_for(Engine, "connect")
-def _no_pysqlite_transactions(dbapi_connection, _record):
-    if type(dbapi_connection).__module__.startswith("sqlite3"):
-        # Let SQLAlchemy, not pysqlite, say when a transaction begins.
-        dbapi_connection.isolation_level = None
-
-
-@event.listens_for(Engine, "begin")
-def _begin_immediate(conn):
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+@event.listens_for(Engine, "before_cursor_execute", retval=True)
+def _begin_immediate(conn, _cursor, statement, parameters, _context, _executemany):
+    # oslo.db already turns pysqlite's own transaction handling off and emits a plain
+    # (DEFERRED) BEGIN itself; make that BEGIN take the write lock.
+    if conn.dialect.name == "sqlite" and statement.strip().upper() == "BEGIN":
+        statement = "BEGIN IMMEDIATE"
+    return statement, parameters
 
 
 from glance.wsgi.api import application  # noqa: E402,F401
