@@ -180,7 +180,9 @@ def cmd_run(a) -> None:
     vims = json.load(open(a.vims))
     if a.first:
         vims = spread(vims, a.first)
-    ignore = set(x for x in (a.ignore or "").split(",") if x)
+    # "ROLE=VIM_ID" or "VIM_ID", comma-separated.
+    roles = {x.split("=", 1)[-1]: (x.split("=", 1)[0] if "=" in x else "") for x in (a.ignore or "").split(",") if x}
+    ignore = set(roles)
     pids = {}
     for kv in (a.pids or "").split(","):
         if "=" in kv:
@@ -223,7 +225,7 @@ def cmd_run(a) -> None:
         cpu = None if b["cpu_s"] is None or e["cpu_s"] is None else e["cpu_s"] - b["cpu_s"]
         procs[k] = {"cpu_s": r3(cpu), "peak_rss_mib": r3(e["hwm_kib"] / 1024 if e["hwm_kib"] else None),
                     "peak_reset": reset[k]}
-    ignored = [{"vim_id": t["vim_id"], "state": t["state"], "attempts": t["attempts"],
+    ignored = [{"role": roles.get(t["vim_id"], ""), "vim_id": t["vim_id"], "state": t["state"], "attempts": t["attempts"],
                 "bytes_done": t["bytes_done"], "last_error": (t.get("last_error") or "")[:300]}
                for t in job["targets"] if t["vim_id"] in ignore]
     central_cpu = procs.get("central", {}).get("cpu_s")
@@ -309,15 +311,16 @@ def cmd_summary(a) -> None:
               f"{(served or 0) / 1048576:>15.1f} {str(r['copies_per_region']):>10} "
               f"{str(r['central_cpu_ms_per_target']):>10}  {rss}")
         for t in r.get("ignored") or []:
-            print(f"           fault target {t['vim_id']}: {t['state']} after {t['attempts']} attempts, "
+            print(f"           {t.get('role') or 'fault'} target {t['vim_id']}: {t['state']} after {t['attempts']} attempts, "
                   f"{t['bytes_done']} B; {t['last_error'][:160]}")
         for vim, why in r.get("failed_examples") or []:
             print(f"           failed {vim}: {why}")
-    base = next((r for r in rows if r["run"] == "small"), None)
+    base = next((r for r in rows if r["run"] == "base"), None) or next((r for r in rows if r["run"] == "small"), None)
     fault = next((r for r in rows if r["run"] == "fault"), None)
     if base and fault and fault.get("others_wall_s") and base["wall_s"]:
         print(f"fault run: the other {fault['targets'] - len(fault['ignored'])} targets took "
-              f"{fault['others_wall_s'] / base['wall_s']:.2f} x the time of the run without faults")
+              f"{fault['others_wall_s']} s, {fault['others_wall_s'] / base['wall_s']:.2f} x the {base['wall_s']} s "
+              f"of the run '{base['run']}' without faults")
 
 
 def main() -> None:
@@ -347,7 +350,7 @@ def main() -> None:
     s.add_argument("--method", default="web-download")
     s.add_argument("--pids", default="")
     s.add_argument("--first", type=int, default=0, help="only this many VIMs, spread over the regions")
-    s.add_argument("--ignore", default="", help="VIM ids left out of others_wall_s")
+    s.add_argument("--ignore", default="", help="VIM ids (ROLE=ID) left out of others_wall_s")
     s.add_argument("--timeout", type=float, default=3600)
     s.add_argument("--fault-wait", type=float, default=300,
                    help="with --ignore: seconds to wait for the ignored targets after the others")

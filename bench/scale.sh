@@ -5,6 +5,8 @@
 # Image Manager, and (RELAYS=1) one pull-through relay per region. Three runs:
 #   small  one SMALL_MIB raw image by web-download to all ENDPOINTS VIMs
 #   big    one BIG_MIB image to BIG_TARGETS VIMs spread over the regions
+#   base   a fresh SMALL_MIB image to all VIMs: the fault run's baseline (the same work, no fault,
+#          later than the first run, so that a cold start does not flatter the fault run)
 #   fault  a fresh SMALL_MIB image to all VIMs, one VIM's Glance refusing connections and one
 #          reading at 1 MiB/s: the time until the others are active, and what became of the two
 # Per run: wall time, targets active/failed, bytes the central served (copies per region =
@@ -21,7 +23,7 @@
 #   LOADGEN [/tmp/bench-build/release/loadgen] (built when missing, as bench.sh does)
 #   SIM_THREADS [2]   POLL_S [1] (the driver's poll of the job)  RUN_TIMEOUT [7200] (s, per run)
 #   FAULT_WAIT [SMALL_MIB + 300] (s the fault run waits for its two faulty targets after the rest)
-#   RUNS [small,big,fault] (also: check, the client check of push, web-download and skip)  OUT [/tmp/scale-results/<time>]  KEEP [0] (1: keep the temp dir)
+#   RUNS [small,big,base,fault] (also: check, the client check of push, web-download and skip)  OUT [/tmp/scale-results/<time>]  KEEP [0] (1: keep the temp dir)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -39,7 +41,7 @@ SIM_THREADS=${SIM_THREADS:-2}
 POLL_S=${POLL_S:-1}
 RUN_TIMEOUT=${RUN_TIMEOUT:-7200}
 FAULT_WAIT=${FAULT_WAIT:-$((SMALL_MIB + 300))}
-RUNS=${RUNS:-small,big,fault}
+RUNS=${RUNS:-small,big,base,fault}
 OUT=${OUT:-/tmp/scale-results/$(date -u +%Y%m%dT%H%M%SZ)}
 KEEP=${KEEP:-0}
 PY="python3 $HERE/scale.py"
@@ -58,6 +60,8 @@ if [ ! -x "$LOADGEN" ]; then
   CARGO_TARGET_DIR=/tmp/bench-build cargo build --release --manifest-path "$HERE/loadgen/Cargo.toml" >&2
 fi
 
+# A thousand VIM clients keep connections open to the simulator.
+ulimit -n 65536 2>/dev/null || true
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/scale-work.XXXXXX)
 PIDS=()
@@ -178,6 +182,10 @@ case ",$RUNS," in *,big,*)
   E=$(image scale-big "$BIG_MIB" 12)
   run big "$E" --first "$BIG_TARGETS" --timeout "$RUN_TIMEOUT" ;;
 esac
+case ",$RUNS," in *,base,*)
+  E=$(image scale-base "$SMALL_MIB" 14)
+  run base "$E" --timeout "$RUN_TIMEOUT" ;;
+esac
 case ",$RUNS," in *,fault,*)
   # VIM 0's Glance refuses connections (a port nobody listens on), VIM 1's is the slow endpoint.
   read -r V0 V1 < <(python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); print(v[0]["id"], v[1]["id"])' "$WORK/vims.json")
@@ -186,7 +194,7 @@ case ",$RUNS," in *,fault,*)
   $PY patch-vim "$CENTRAL" "$V1" "{\"glance_url\": \"$SIM/g/$SLOW\"}" >/dev/null
   E=$(image scale-fault "$SMALL_MIB" 13)
   # The others' time is taken when they are done; the two faulty ones get FAULT_WAIT more.
-  run fault "$E" --ignore "$V0,$V1" --timeout "$RUN_TIMEOUT" --fault-wait "$FAULT_WAIT" ;;
+  run fault "$E" --ignore "refusing=$V0,slow=$V1" --timeout "$RUN_TIMEOUT" --fault-wait "$FAULT_WAIT" ;;
 esac
 
 $PY summary "$OUT/results.jsonl" | tee "$OUT/summary.txt"
