@@ -100,8 +100,9 @@ def reset_hwm(pid: int) -> bool:
         return False
 
 
-def sim_stats(sim: str) -> dict:
-    with urllib.request.urlopen(sim.rstrip("/") + "/stats", timeout=60) as r:
+def sim_stats(sim: str, reset_peak: bool = False) -> dict:
+    q = "?reset_peak=1" if reset_peak else ""
+    with urllib.request.urlopen(sim.rstrip("/") + "/stats" + q, timeout=60) as r:
         return json.loads(r.read())
 
 
@@ -193,7 +194,7 @@ def cmd_run(a) -> None:
     egress_metric = a.egress_metric
     reset = {k: reset_hwm(p) for k, p in pids.items()}
     before = {k: proc(p) for k, p in pids.items()}
-    sim0 = sim_stats(a.sim)
+    sim0 = sim_stats(a.sim, reset_peak=True)
     m0 = metric(api, egress_metric)
     read0 = api.read_bytes
     t0 = time.monotonic()

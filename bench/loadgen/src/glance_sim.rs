@@ -15,7 +15,8 @@
 //!
 //! `--slow I` makes endpoint I read uploads and web-downloads, and send downloads, at
 //! `--slow-bytes-per-sec` (1 MiB/s) through a token bucket. `GET /stats` answers the
-//! counters as JSON; SIGTERM or SIGINT prints them on stdout and stops.
+//! counters as JSON (`?reset_peak=1` restarts the peak of transfers at once); SIGTERM or
+//! SIGINT prints the totals on stdout and stops.
 
 // Handlers return a ready error response as their Err (a cold path; boxing buys nothing).
 #![allow(clippy::result_large_err)]
@@ -526,7 +527,17 @@ async fn read_json(body: Incoming) -> std::result::Result<Value, Response<Body>>
 async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> std::result::Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/stats" {
-        return Ok(json_resp(StatusCode::OK, &sim.stats()));
+        let stats = sim.stats();
+        // `?reset_peak=1`: the next answer's transfers_peak counts from now.
+        if req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "reset_peak=1"))
+        {
+            sim.transfers_peak
+                .store(sim.transfers_now.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        return Ok(json_resp(StatusCode::OK, &stats));
     }
     if path == "/healthz" {
         return Ok(json_resp(StatusCode::OK, &json!({"ok": true})));
