@@ -271,7 +271,7 @@ def r3(x):
 
 def cmd_check(a) -> None:
     """The real client against the simulator: push and web-download reach active, a second
-    distribution is skipped as already there."""
+    distribution is skipped as already there, and the VIM health check passes."""
     api = Api(a.central)
     vims = json.load(open(a.vims))[:4]
     e = upload(api, a.file, "sim-check", "1")
@@ -287,12 +287,16 @@ def cmd_check(a) -> None:
                 "skipped": [t["skipped"] for t in job["targets"]],
                 "errors": [t.get("last_error") for t in job["targets"] if t.get("last_error")],
                 "secs": r3(done)}
+    # The health check (GET /v2/images?limit=1, /v2/info/import, /v2/info/usage).
+    health = api.call("POST", f"/api/v1/vims/{vims[0]['id']}/test")["health"]
+    out["health"] = {k: health.get(k) for k in ("state", "import_methods", "free_bytes")}
     stats = sim_stats(a.sim)
     out["sim"] = [{k: s[k] for k in ("endpoint", "images", "active", "bytes_received", "uploads_done",
                                       "imports_done")} for s in stats["endpoints"][:4]]
     ok = all(all(s == "active" for s in v["states"]) for k, v in out.items() if "/" in k) and \
         all(not any(v["skipped"]) for k, v in out.items() if k.endswith("/first")) and \
-        all(all(v["skipped"]) for k, v in out.items() if k.endswith("/again"))
+        all(all(v["skipped"]) for k, v in out.items() if k.endswith("/again")) and \
+        out["health"]["state"] == "ok" and "web-download" in (out["health"]["import_methods"] or [])
     out["ok"] = ok
     print(json.dumps(out, indent=1))
     if not ok:
