@@ -116,9 +116,8 @@ def cmd_vims(a) -> None:
         region = f"r{i % a.regions}"
         body = {"name": f"sim-{i:05d}", "type": "openstack", "glance_url": f"{a.sim_base}/g/{i}",
                 "labels": {"region": region, "sim": "1"}}
-        if relays:
-            # Per VIM today (VimInput.relay_url). TODO(relays): or by label through the
-            # central's [[distribution.relays]] selector = "region=rK", then drop this field.
+        if relays and a.per_vim_relay:
+            # Per VIM (VimInput.relay_url) instead of by label (the central's distribution.relays).
             body["relay_url"] = relays[i % a.regions]
         v = api.call("POST", "/api/v1/vims", body)
         return {"i": i, "id": v["id"], "region": region, "glance_url": body["glance_url"]}
@@ -217,8 +216,9 @@ def cmd_run(a) -> None:
     by1 = sim1.get("web_download_bytes_by_source") or {}
     from_central = by1.get(central_src, 0) - by0.get(central_src, 0)
     served = None if m0 is None or m1 is None else m1 - m0
-    # The driver's own reads of the central (polls, /metrics) are in that counter too.
-    served_net = None if served is None else max(0.0, served - polled_all)
+    # The driver's own reads of the central (polls, /metrics) are in the all-responses counter.
+    own = polled_all if egress_metric.endswith("http_response_body_bytes_total") else 0
+    served_net = None if served is None else max(0.0, served - own)
     egress = served_net if served_net is not None else from_central
     procs = {}
     for k in pids:
@@ -338,6 +338,8 @@ def main() -> None:
     s.add_argument("regions", type=int)
     s.add_argument("out")
     s.add_argument("--relays")
+    s.add_argument("--per-vim-relay", action="store_true",
+                   help="give each VIM its relay_url instead of the central's label routes")
     s.set_defaults(f=cmd_vims)
     s = sub.add_parser("upload")
     for k in ("central", "file", "name", "version"):
@@ -360,9 +362,10 @@ def main() -> None:
     s.add_argument("--fault-wait", type=float, default=300,
                    help="with --ignore: seconds to wait for the ignored targets after the others")
     s.add_argument("--poll", type=float, default=1.0)
-    # TODO(relays): the central's own counter of bytes served through download links, once it
-    # exists; until then every response body byte, less the driver's own reads.
-    s.add_argument("--egress-metric", default="image_manager_http_response_body_bytes_total")
+    # The central's counter of blob bytes sent through download links (/dl): the driver's own
+    # reads are not in it. With image_manager_http_response_body_bytes_total (every response
+    # body), they are subtracted.
+    s.add_argument("--egress-metric", default="image_manager_download_link_bytes_total")
     s.set_defaults(f=cmd_run)
     s = sub.add_parser("check")
     for k in ("central", "sim", "file", "vims"):

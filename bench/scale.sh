@@ -96,9 +96,30 @@ SIM_ADDR=$(head -1 "$WORK/sim.out")
 SIM="http://$SIM_ADDR"
 log "simulator $SIM (pid $SIM_PID), $ENDPOINTS endpoints + slow endpoint $SLOW"
 
-# The central Image Manager.
+# 2. Relays, one per region, in front of the central (its port is chosen first; a relay
+# starts without its upstream). The central routes each region's VIMs to its relay by label.
 CPORT=$(free_port)
 CENTRAL="http://127.0.0.1:$CPORT"
+RELAY_URLS=""
+RELAY_PIDS=""
+: >"$WORK/central.toml"
+if [ "$RELAYS" = 1 ]; then
+  for r in $(seq 0 $((REGIONS - 1))); do
+    RPORT=$(free_port)
+    mkdir -p "$WORK/relay$r"
+    RUST_LOG="${RUST_LOG:-warn}" "$IM_BIN" serve --upstream "$CENTRAL" --listen "127.0.0.1:$RPORT" \
+      --data-dir "$WORK/relay$r" >"$WORK/relay$r.log" 2>&1 &
+    PIDS+=("$!")
+    RELAY_PIDS="$RELAY_PIDS,relay$r=$!"
+    RELAY_URLS="$RELAY_URLS${RELAY_URLS:+,}http://127.0.0.1:$RPORT"
+    printf '[[distribution.relays]]\nurl = "http://127.0.0.1:%s"\nselector = "region=r%s"\n' "$RPORT" "$r" \
+      >>"$WORK/central.toml"
+    until_ok 60 curl -sf "http://127.0.0.1:$RPORT/metrics" || die "relay $r did not start: $(tail -20 "$WORK/relay$r.log")"
+  done
+  log "relays $RELAY_URLS"
+fi
+
+# The central Image Manager.
 mkdir -p "$WORK/central"
 env IMAGE_MANAGER_DISTRIBUTION__PUBLIC_URL="$CENTRAL" \
   IMAGE_MANAGER_DISTRIBUTION__CONCURRENCY="$CONCURRENCY" \
@@ -107,36 +128,14 @@ env IMAGE_MANAGER_DISTRIBUTION__PUBLIC_URL="$CENTRAL" \
   IMAGE_MANAGER_DISTRIBUTION__INVENTORY_INTERVAL_SECS=0 \
   IMAGE_MANAGER_DISTRIBUTION__POLL_INTERVAL_MS=200 \
   RUST_LOG="${RUST_LOG:-warn}" \
-  "$IM_BIN" serve --listen "127.0.0.1:$CPORT" --data-dir "$WORK/central" --auth none \
+  "$IM_BIN" serve --config "$WORK/central.toml" --listen "127.0.0.1:$CPORT" --data-dir "$WORK/central" --auth none \
   >"$WORK/central.log" 2>&1 &
 CENTRAL_PID=$!
 PIDS+=("$CENTRAL_PID")
 until_ok 120 curl -sf "$CENTRAL/healthz" || until_ok 5 curl -sf "$CENTRAL/metrics" ||
   die "the central did not start: $(tail -20 "$WORK/central.log")"
 log "central $CENTRAL (pid $CENTRAL_PID), concurrency $CONCURRENCY, per VIM $PER_VIM"
-PROCS="central=$CENTRAL_PID,sim=$SIM_PID"
-
-# 2. Relays, one per region.
-RELAY_URLS=""
-if [ "$RELAYS" = 1 ]; then
-  for r in $(seq 0 $((REGIONS - 1))); do
-    RPORT=$(free_port)
-    mkdir -p "$WORK/relay$r"
-    RUST_LOG="${RUST_LOG:-warn}" "$IM_BIN" serve --upstream "$CENTRAL" --listen "127.0.0.1:$RPORT" \
-      --data-dir "$WORK/relay$r" --auth none >"$WORK/relay$r.log" 2>&1 &
-    PIDS+=("$!")
-    PROCS="$PROCS,relay$r=$!"
-    RELAY_URLS="$RELAY_URLS${RELAY_URLS:+,}http://127.0.0.1:$RPORT"
-    until_ok 60 curl -sf "http://127.0.0.1:$RPORT/metrics" || die "relay $r did not start: $(tail -20 "$WORK/relay$r.log")"
-  done
-  # TODO(relays): instead of each VIM's relay_url (below, in scale.py vims), the central's
-  # config may map regions to relays: a --config FILE with, per region r,
-  #   [[distribution.relays]]
-  #   url = "http://127.0.0.1:RPORT"
-  #   selector = "region=rR"
-  # (the central must then be started after the relays, with that file).
-  log "relays $RELAY_URLS"
-fi
+PROCS="central=$CENTRAL_PID,sim=$SIM_PID$RELAY_PIDS"
 
 # 3. The VIMs (health checks off: the central's interval is 0).
 log "registering $ENDPOINTS VIMs in $REGIONS regions"
