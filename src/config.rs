@@ -451,3 +451,16 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_configuration_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/image-manager.toml");
+        let c = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(c.relay.cache_max_bytes, RelayConfig::default().cache_max_bytes);
+        assert!(c.relay.upstream.is_none() && c.distribution.relays.is_empty());
+    }
+}
