@@ -75,8 +75,20 @@ impl AdapterError {
         } else {
             AdapterErrorKind::Transient
         };
-        // reqwest's Display names the URL; ours never carry credentials in the URL.
-        Self::new(kind, format!("{what}: {e}"))
+        // reqwest's Display names the URL (ours never carry credentials in the URL) but not
+        // the cause: its sources say whether the connection was refused, timed out, reset or
+        // failed TLS.
+        let mut message = format!("{what}: {e}");
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !message.ends_with(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = s.source();
+        }
+        Self::new(kind, message)
     }
 
     pub fn is_transient(&self) -> bool {

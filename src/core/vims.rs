@@ -12,7 +12,7 @@
 //! Rights: reading VIMs needs an authenticated caller (when the server authenticates);
 //! changing them is system administration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,6 +163,17 @@ pub struct Vims {
     auth: Arc<Auth>,
     sealer: Arc<Sealer>,
     pub config: DistributionConfig,
+    /// Clients by VIM id, with the settings they were made from: every target of a VIM shares
+    /// one connection pool (and Keystone token) instead of building a client per attempt.
+    clients: std::sync::Mutex<HashMap<String, (ClientKey, VimClient)>>,
+}
+
+/// What a cached client was made from: a change of any of it makes a new one.
+#[derive(PartialEq, Eq)]
+struct ClientKey {
+    updated_at: i64,
+    config: String,
+    secret: Option<String>,
 }
 
 impl Vims {
@@ -179,6 +190,7 @@ impl Vims {
             auth,
             sealer,
             config,
+            clients: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -359,6 +371,7 @@ impl Vims {
         self.may_change(who).await?;
         let rec = self.find(id).await?;
         self.store.vim_delete(&rec.id).await?;
+        self.forget_client(&rec.id);
         self.audit(who, "vim.remove", &rec.id, "ok", Some(rec.name)).await;
         Ok(())
     }
@@ -504,6 +517,39 @@ impl Vims {
     pub fn open(&self, rec: &VimRecord) -> Result<OpenVim> {
         let settings: VimInput = serde_json::from_value(rec.config.clone())
             .map_err(|e| Error::Internal(format!("stored VIM settings unreadable: {e}")))?;
+        let key = ClientKey {
+            updated_at: rec.updated_at,
+            config: rec.config.to_string(),
+            secret: rec.secret.clone(),
+        };
+        let cached = {
+            let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            clients.get(&rec.id).filter(|(k, _)| *k == key).map(|(_, c)| c.clone())
+        };
+        if let Some(client) = cached {
+            return Ok(OpenVim {
+                record: rec.clone(),
+                settings,
+                client,
+            });
+        }
+        let client = self.new_client(rec, &settings)?;
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.insert(rec.id.clone(), (key, client.clone()));
+        Ok(OpenVim {
+            record: rec.clone(),
+            settings,
+            client,
+        })
+    }
+
+    /// Forget the client of a removed VIM.
+    fn forget_client(&self, id: &str) {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.remove(id);
+    }
+
+    fn new_client(&self, rec: &VimRecord, settings: &VimInput) -> Result<VimClient> {
         let (_, secrets) = self.open_secrets(rec)?;
         let call_timeout = Duration::from_secs(self.config.call_timeout_secs.max(1));
         let connect_timeout = Duration::from_secs(self.config.connect_timeout_secs.max(1));
@@ -575,11 +621,7 @@ impl Vims {
             ),
             other => return Err(Error::Internal(format!("unknown VIM type {other:?}"))),
         };
-        Ok(OpenVim {
-            record: rec.clone(),
-            settings,
-            client,
-        })
+        Ok(client)
     }
 
     pub fn view(&self, rec: VimRecord) -> VimView {

@@ -201,6 +201,8 @@ pub struct ListParams {
     pub os: Option<String>,
     pub architecture: Option<String>,
     pub disk_format: Option<String>,
+    /// Only entries the inventory shows on this VIM (id or name).
+    pub vim: Option<String>,
     /// `key=value` (label equals) or `key` (label present); repeat for several.
     pub label: Option<Vec<String>>,
     pub min_size: Option<u64>,
@@ -261,6 +263,7 @@ fn entry_query(raw: Option<&str>) -> Result<EntryQuery, Problem> {
             "os" => q.os = text(),
             "architecture" => q.architecture = text(),
             "disk_format" => q.disk_format = text(),
+            "vim" => q.vim = text(),
             "label" => match v.split_once('=') {
                 Some((k, val)) => q.labels.push((k.to_string(), Some(val.to_string()))),
                 None if !v.is_empty() => q.labels.push((v.clone(), None)),
@@ -317,12 +320,21 @@ fn entry_query(raw: Option<&str>) -> Result<EntryQuery, Problem> {
         (status = 200, description = "One page of entries the caller may read", body = EntryPage),
         (status = 400, description = "Invalid parameter", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "The VIM of `vim` is unknown", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
     ),
     security((), ("basic" = []))
 )]
 pub async fn list_entries(State(state): State<AppState>, parts: Parts) -> Result<Response, Problem> {
     let c = caller(&state, &parts).await?;
-    let q = entry_query(parts.uri.query())?;
+    let mut q = entry_query(parts.uri.query())?;
+    if let Some(vim) = q.vim.take() {
+        // By id or name; an unknown VIM is a 404 naming it, not an empty page.
+        let engine = state
+            .distribution
+            .get()
+            .ok_or_else(|| Error::BadRequest("vim: this server distributes to no VIMs".into()))?;
+        q.vim = Some(engine.vims().find(&vim).await?.id);
+    }
     let page = state.search(&c.principal, q).await?;
     let next = page.next.clone();
     let body = EntryPage {

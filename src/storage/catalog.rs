@@ -84,6 +84,8 @@ pub struct EntryQuery {
     pub architecture: Option<String>,
     pub disk_format: Option<String>,
     pub digest: Option<String>,
+    /// Only entries the inventory shows on this VIM (its id).
+    pub vim: Option<String>,
     /// `(key, Some(value))`: label equals; `(key, None)`: label present.
     pub labels: Vec<(String, Option<String>)>,
     pub min_size: Option<u64>,

@@ -114,6 +114,13 @@ def test_push_sets_what_nova_and_heat_expect_and_is_idempotent(srv, glance, tmp_
     assert [(h["vim_id"], h["remote_id"]) for h in held] == [(v["id"], img["id"])]
     inv = api(srv, "GET", f"/api/v1/vims/{v['id']}/images").json()
     assert img["id"] in [i["remote_id"] for i in inv["known"]]
+    # The catalog search filters by VIM (id or name); another VIM holds nothing of it.
+    other = glance_vim(srv, glance)
+    for key in (v["id"], v["name"]):
+        found = api(srv, "GET", "/api/v1/images", params={"vim": key, "name": name}).json()["items"]
+        assert [i["id"] for i in found] == [e["id"]], found
+    assert api(srv, "GET", "/api/v1/images", params={"vim": other["id"]}).json()["items"] == []
+    is_problem(api(srv, "GET", "/api/v1/images", params={"vim": "no-such-vim"}), 404)
     # Again: Glance already holds the bytes under the name, so nothing is sent.
     again = target(wait_job(srv, distribute(srv, [e["id"]], [v["id"]], "auto")["id"]))
     assert (again["state"], again["skipped"], again["remote_id"], again["bytes_done"]) == ("active", True, img["id"], 0)

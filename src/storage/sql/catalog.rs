@@ -340,6 +340,10 @@ impl CatalogStore for SqlStore {
             sql.push_str(" AND name LIKE ? ESCAPE '!'");
             args.push(Arg::Text(format!("%{}%", like_escape(s))));
         }
+        if let Some(vim) = &q.vim {
+            sql.push_str(" AND EXISTS (SELECT 1 FROM vim_images v WHERE v.entry_id = e.id AND v.vim_id = ?)");
+            args.push(Arg::Text(vim.clone()));
+        }
         for (k, v) in &q.labels {
             match v {
                 Some(v) => {
