@@ -256,6 +256,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.distribution.clone(),
     ));
     let _ = registry.distribution.set(engine.clone());
+    loops.push(tokio::spawn(engine.clone().share_bandwidth(bg_stop_rx.clone())));
     let mut opts = crate::core::jobs::WorkerOptions::from_config(&config.jobs);
     opts.concurrency = config.distribution.concurrency.max(1);
     let worker = crate::core::jobs::Worker::new(

@@ -54,7 +54,7 @@ use crate::oci::names::Digest;
 use crate::storage::catalog::EntryRecord;
 use crate::storage::jobs::NewJob;
 use crate::storage::vims::{DistributionRecord, TargetRecord, VimImageRecord, VimRecord, FINAL_STATES};
-use crate::storage::{now_ms, AccountStore, BlobStore, CatalogStore, DistributionStore, RegistryStore};
+use crate::storage::{now_ms, AccountStore, BlobStore, CatalogStore, DistributionStore, JobStore, RegistryStore};
 
 /// The job queue distribution targets run on, and the kind of their jobs.
 pub const QUEUE: &str = "distribution";
@@ -173,7 +173,7 @@ impl From<&TargetRecord> for TargetView {
 /// A token bucket of bytes per second; callers that overdraw it wait off their debt, so the
 /// rate holds however many transfers share it.
 pub struct Bucket {
-    rate: u64,
+    rate: AtomicU64,
     state: Mutex<(f64, Instant)>,
 }
 
@@ -181,17 +181,28 @@ impl Bucket {
     /// `rate` bytes per second; 0: unlimited.
     pub fn new(rate: u64) -> Self {
         Self {
-            rate,
+            rate: AtomicU64::new(rate),
             state: Mutex::new((rate as f64 / 4.0, Instant::now())),
         }
     }
 
+    /// A new rate (bytes per second) for what is sent from now on; 0 is taken as 1, since a
+    /// bucket made limited stays limited.
+    pub fn set_rate(&self, rate: u64) {
+        self.rate.store(rate.max(1), Ordering::Relaxed);
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate.load(Ordering::Relaxed)
+    }
+
     /// How long to wait before sending `n` bytes (and account them).
     fn reserve(&self, n: u64) -> Duration {
-        if self.rate == 0 {
+        let rate = self.rate.load(Ordering::Relaxed);
+        if rate == 0 {
             return Duration::ZERO;
         }
-        let rate = self.rate as f64;
+        let rate = rate as f64;
         let burst = (rate / 4.0).max(64.0 * 1024.0);
         let Ok(mut s) = self.state.lock() else {
             return Duration::ZERO;
@@ -287,6 +298,15 @@ impl DownloadSigner {
         }
         Ok(grant)
     }
+}
+
+/// A replica's part of the global cap `cap`: in proportion to the transfers it runs (`local`)
+/// among all the cluster runs (`cluster`); the whole cap when it runs them all (or none).
+fn bandwidth_share(cap: u64, local: u64, cluster: u64) -> u64 {
+    if local == 0 || cluster <= local {
+        return cap;
+    }
+    ((cap as u128 * local as u128) / cluster as u128).max(1) as u64
 }
 
 /// The URL of the first relay in `relays` whose selector `labels` match.
@@ -412,6 +432,76 @@ impl From<crate::storage::StoreError> for Stop {
 
 type Attempt<T> = std::result::Result<T, Stop>;
 
+/// Lifetime of a cluster-wide VIM slot lease; it is renewed every third of it while held, so
+/// a replica that dies frees its slots this long after.
+const SLOT_TTL: Duration = Duration::from_secs(30);
+/// Name prefix of the cluster-wide VIM slot leases: `vim-slot/<vim id>/<k>`.
+const SLOT_PREFIX: &str = "vim-slot/";
+
+/// One of a VIM's cluster-wide concurrency slots: a lease in the job store, so that
+/// `per_vim_concurrency` holds over every replica. Renewed while held; given up on drop.
+struct SlotLease {
+    _held: tokio::sync::oneshot::Sender<()>,
+    _counted: InFlight,
+}
+
+/// Counts a target of this replica as holding a slot while it lives.
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn new(n: &Arc<AtomicU64>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(n.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl SlotLease {
+    /// Take the first free one of `n` slots of `vim`, or `None` when all are held.
+    async fn take(
+        jobs: &Arc<dyn JobStore>,
+        vim: &str,
+        n: usize,
+        owner: String,
+        in_flight: &Arc<AtomicU64>,
+    ) -> std::result::Result<Option<Self>, crate::storage::StoreError> {
+        let ttl = SLOT_TTL.as_millis() as u64;
+        for k in 0..n {
+            let name = format!("{SLOT_PREFIX}{vim}/{k}");
+            if !jobs.lease_acquire(&name, &owner, ttl).await? {
+                continue;
+            }
+            let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+            let jobs = jobs.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(SLOT_TTL / 3) => {
+                            if let Err(e) = jobs.lease_acquire(&name, &owner, ttl).await {
+                                tracing::warn!(lease = %name, error = %e, "renewing a VIM slot failed");
+                            }
+                        }
+                        _ = &mut rx => break,
+                    }
+                }
+                if let Err(e) = jobs.lease_release(&name, &owner).await {
+                    tracing::warn!(lease = %name, error = %e, "giving a VIM slot up failed; it expires");
+                }
+            });
+            return Ok(Some(Self {
+                _held: tx,
+                _counted: InFlight::new(in_flight),
+            }));
+        }
+        Ok(None)
+    }
+}
+
 /// One VIM's limits as of its `updated_at`: concurrency slots and a bandwidth bucket.
 type VimLimits = (i64, Arc<Semaphore>, Arc<Bucket>);
 
@@ -430,6 +520,8 @@ pub struct Distribution {
     global: Arc<Bucket>,
     /// Per VIM (by id, as of its `updated_at`): its concurrency slots and bandwidth bucket.
     per_vim: Mutex<HashMap<String, VimLimits>>,
+    /// Targets of this replica holding a cluster-wide VIM slot now.
+    in_flight: Arc<AtomicU64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -459,6 +551,32 @@ impl Distribution {
             signer,
             config,
             per_vim: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Keep this replica's share of `distribution.max_bytes_per_sec` (the global cap)
+    /// proportional to its share of the transfers running over all replicas (held VIM slots),
+    /// so the cap holds however many replicas send; recomputed every 2 s until `stop`.
+    pub async fn share_bandwidth(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let cap = self.config.max_bytes_per_sec;
+        if cap == 0 {
+            return;
+        }
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let local = self.in_flight.load(Ordering::Relaxed);
+            let cluster = match self.enqueuer.store().leases_held(SLOT_PREFIX).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "counting the cluster's transfers failed");
+                    continue;
+                }
+            };
+            self.global.set_rate(bandwidth_share(cap, local, cluster));
         }
     }
 
@@ -912,12 +1030,27 @@ impl Distribution {
             Err(e) => return self.finish_failed(&mut t, e.to_string()).await,
         };
         let (slots, bucket) = self.vim_limits(&open);
-        let Ok(_slot) = slots.try_acquire_owned() else {
+        let busy = || {
             // Busy with other targets: come back soon, without holding a worker meanwhile.
-            return Err(JobError::Later(
+            JobError::Later(
                 Duration::from_millis(self.config.poll_interval_ms.max(100)),
                 format!("VIM {} is busy", vim.name),
-            ));
+            )
+        };
+        let Ok(_slot) = slots.try_acquire_owned() else {
+            return Err(busy());
+        };
+        // The same limit over every replica: one of the VIM's slot leases.
+        let n = open
+            .settings
+            .concurrency
+            .unwrap_or(self.config.per_vim_concurrency)
+            .max(1);
+        let owner = format!("{}:{}", crate::core::jobs::replica_id(), ctx.job.id);
+        let _cluster_slot = match SlotLease::take(self.enqueuer.store(), &vim.id, n, owner, &self.in_flight).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(busy()),
+            Err(e) => return Err(store_err(e)),
         };
         let opts: JobOptions = serde_json::from_value(job.options.clone()).unwrap_or_default();
         let started = now_ms();
@@ -1882,6 +2015,17 @@ impl JobHandler for TargetHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_global_cap_is_shared_by_the_replicas_transfers() {
+        assert_eq!(bandwidth_share(1000, 0, 5), 1000);
+        assert_eq!(bandwidth_share(1000, 3, 3), 1000);
+        assert_eq!(bandwidth_share(1000, 1, 4), 250);
+        assert_eq!(bandwidth_share(1000, 3, 4), 750);
+        assert_eq!(bandwidth_share(10, 1, 1000), 1);
+        // A count read while another replica's lease expired may be below ours.
+        assert_eq!(bandwidth_share(1000, 4, 2), 1000);
+    }
 
     #[test]
     fn download_tokens_are_bound_and_expire() {

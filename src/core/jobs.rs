@@ -193,6 +193,10 @@ impl Enqueuer {
         Self { store, wake }
     }
 
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.store
+    }
+
     /// [`JobStore::enqueue`], then wake a worker.
     pub async fn enqueue(&self, job: &NewJob) -> Result<(i64, bool), StoreError> {
         let out = self.store.enqueue(job).await?;

@@ -320,6 +320,7 @@ instrument!(JobStore, "jobs" {
     fn prune_jobs(&self, before: i64) -> Result<u64, StoreError>;
     fn lease_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> Result<bool, StoreError>;
     fn lease_release(&self, name: &str, owner: &str) -> Result<bool, StoreError>;
+    fn leases_held(&self, prefix: &str) -> Result<u64, StoreError>;
     fn events_after(&self, after: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
     fn events_between(&self, after: i64, upto: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
     fn cursor_get(&self, consumer: &str) -> Result<Option<i64>, StoreError>;

@@ -179,6 +179,9 @@ pub trait JobStore: Send + Sync + 'static {
     async fn lease_acquire(&self, name: &str, owner: &str, ttl_ms: u64) -> Result<bool, StoreError>;
     /// Give lease `name` up if `owner` holds it; false when it did not.
     async fn lease_release(&self, name: &str, owner: &str) -> Result<bool, StoreError>;
+    /// How many unexpired leases have a name starting with `prefix` (held slots of a
+    /// cluster-wide limit).
+    async fn leases_held(&self, prefix: &str) -> Result<u64, StoreError>;
 
     // ----- the event outbox and its consumers -----
 

@@ -17,13 +17,18 @@ import hashlib
 import http.server
 import json
 import threading
+import time
 import urllib.request
 import uuid
 
 
 class MultiCloud:
-    def __init__(self, cloud_owner: str, region: str, tenant: str):
+    def __init__(self, cloud_owner: str, region: str, tenant: str, read_bytes_per_sec: int | None = None):
+        """`read_bytes_per_sec` makes it a slow cloud: it reads images at about that rate.
+        `fetching` is how many images it is fetching now, `fetching_peak` the most at once."""
         self.cloud_owner, self.region, self.tenant = cloud_owner, region, tenant
+        self.read_bytes_per_sec = read_bytes_per_sec
+        self.fetching = self.fetching_peak = 0
         self.images: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
@@ -105,15 +110,33 @@ class MultiCloud:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/api/multicloud"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
+    def _read(self, r) -> bytes:
+        if not self.read_bytes_per_sec:
+            return r.read()
+        chunk, out, start = 16 * 1024, bytearray(), time.monotonic()
+        while True:
+            b = r.read(chunk)
+            if not b:
+                return bytes(out)
+            out += b
+            # A slow link: hold the reading back to the rate (throttling, not synchronisation).
+            ahead = len(out) / self.read_bytes_per_sec - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+
     def _fetch(self, iid: str, url: str):
+        with self.lock:
+            self.fetching += 1
+            self.fetching_peak = max(self.fetching_peak, self.fetching)
         try:
             with urllib.request.urlopen(url, timeout=60) as r:
-                data = r.read()
+                data = self._read(r)
             update = {"status": "active", "size": len(data), "checksum": hashlib.md5(data).hexdigest(),
                       "os_hash_algo": "sha512", "os_hash_value": hashlib.sha512(data).hexdigest()}
         except Exception as e:  # the image fails, as Glance's would
             update = {"status": "killed", "error": str(e)}
         with self.lock:
+            self.fetching -= 1
             if iid in self.images:
                 self.images[iid].update(update)
 

@@ -5,6 +5,7 @@ installed here)."""
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
@@ -46,5 +47,26 @@ def test_distribute_through_multicloud(tmp_path, version):
                                "api_version": version})
             f = target(wait_job(srv, distribute(srv, [e["id"]], [w["id"]])["id"]))
             assert f["state"] == "failed" and "public_url" in f["last_error"], f
+    finally:
+        mc.close()
+
+
+def test_per_vim_concurrency_holds_over_replicas(tmp_path):
+    """Two replicas share the work of four targets on one VIM whose concurrency is 1: the VIM
+    never fetches two images at once (each replica alone would allow one of its own)."""
+    mc = MultiCloud("CloudOwner", "RegionOne", "tenant-1", read_bytes_per_sec=2 * 1024 * 1024)
+    env = {"IMAGE_MANAGER_DISTRIBUTION__POLL_INTERVAL_MS": "100",
+           "IMAGE_MANAGER_DISTRIBUTION__RETRY_BASE_MS": "100"}
+    try:
+        with imserver.Server(env=env) as srv:
+            other = srv.replica(env=env)
+            with other.start():
+                entries = [vm_image(srv, tmp_path, uid("conc-"), data=os.urandom(1 << 20))[0] for _ in range(4)]
+                v = register(srv, {"name": uid("mc-"), "type": "onap-multicloud", "url": mc.url,
+                                   "cloud_owner": "CloudOwner", "region": "RegionOne", "tenant": "tenant-1",
+                                   "download_url": srv.url, "concurrency": 1})
+                j = wait_job(srv, distribute(srv, [e["id"] for e in entries], [v["id"]], "auto")["id"])
+                assert [t["state"] for t in j["targets"]] == ["active"] * 4, j
+                assert mc.fetching_peak == 1, mc.fetching_peak
     finally:
         mc.close()

@@ -465,6 +465,18 @@ impl JobStore for SqlStore {
         Ok(res.rows_affected() == 1)
     }
 
+    async fn leases_held(&self, prefix: &str) -> Result<u64, StoreError> {
+        // Lease names are ours: no LIKE wildcards in a prefix, but escape them anyway.
+        let pattern = format!("{}%", prefix.replace('!', "!!").replace('%', "!%").replace('_', "!_"));
+        let n: i64 =
+            sqlx::query_scalar(&self.q("SELECT COUNT(*) FROM leases WHERE name LIKE ? ESCAPE '!' AND expires_at > ?"))
+                .bind(pattern)
+                .bind(now_ms())
+                .fetch_one(&self.write)
+                .await?;
+        Ok(n.max(0) as u64)
+    }
+
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
         self.events_where(
             &format!(
