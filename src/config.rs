@@ -349,6 +349,9 @@ pub struct DistributionConfig {
     pub inventory_interval_secs: u64,
     /// How often a target waiting for the VIM (an import, a verification) asks again (ms).
     pub poll_interval_ms: u64,
+    /// Slowest a VIM's own download (Glance's web-download import) may be before its attempt
+    /// fails: it gets `stall_timeout_secs` plus the image's size at this rate; 0: no floor.
+    pub import_min_bytes_per_sec: u64,
     /// Regional relays (`image-manager serve --upstream`): a VIM whose labels match a relay's
     /// `selector` downloads through that relay's `url` (the first match wins; a VIM's own
     /// `relay_url` comes first), so each image crosses the central uplink once per region.
@@ -417,6 +420,7 @@ impl Default for DistributionConfig {
             health_interval_secs: 300,
             inventory_interval_secs: 3600,
             poll_interval_ms: 1000,
+            import_min_bytes_per_sec: 256 * 1024,
             relays: Vec::new(),
         }
     }

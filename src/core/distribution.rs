@@ -1470,6 +1470,11 @@ impl Distribution {
     async fn await_glance(&self, g: &GlanceClient, id: &str, t: &mut TargetRecord) -> Attempt<()> {
         let every = Duration::from_millis(self.config.poll_interval_ms.max(50));
         let stall = Duration::from_secs(self.config.stall_timeout_secs.max(1));
+        // Glance tells no progress of an import: one that is slower than the configured floor
+        // (the image's size at import_min_bytes_per_sec, after the stall timeout) fails its
+        // attempt instead of holding a worker and the VIM's slot for the attempt's 6 hours.
+        let floor = self.config.import_min_bytes_per_sec;
+        let import_limit = stall + Duration::from_secs(t.bytes_total.checked_div(floor).unwrap_or(u64::MAX / 4));
         let mut seen = (String::new(), Instant::now());
         loop {
             let img = g
@@ -1501,6 +1506,11 @@ impl Distribution {
                         return Err(Stop::Retry(format!(
                             "Glance did not start the import in {} s",
                             stall.as_secs()
+                        )));
+                    } else if s != "queued" && seen.1.elapsed() >= import_limit {
+                        return Err(Stop::Retry(format!(
+                            "Glance's import is still {s} after {} s (slower than distribution.import_min_bytes_per_sec)",
+                            import_limit.as_secs()
                         )));
                     }
                 }
