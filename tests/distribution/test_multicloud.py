@@ -68,5 +68,8 @@ def test_per_vim_concurrency_holds_over_replicas(tmp_path):
                 j = wait_job(srv, distribute(srv, [e["id"] for e in entries], [v["id"]], "auto")["id"])
                 assert [t["state"] for t in j["targets"]] == ["active"] * 4, j
                 assert mc.fetching_peak == 1, mc.fetching_peak
+                # No target was done twice: one create and one image per entry.
+                assert sum(1 for m, _ in mc.requests if m == "POST") == 4, mc.requests
+                assert sorted(i["name"] for i in mc.images.values()) == sorted(e["name"] for e in entries)
     finally:
         mc.close()
