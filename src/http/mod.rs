@@ -13,16 +13,21 @@ pub mod vims;
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
+use axum::response::Response;
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::core::uploads::BlobBody;
 use crate::core::Registry;
+use crate::error::Error;
+use crate::oci::names::Digest;
 
 pub type AppState = Arc<Registry>;
 
@@ -79,6 +84,33 @@ pub fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/api") || p.starts_with("/openapi") => "api_docs",
         _ => "other",
     }
+}
+
+/// The headers of a blob answer; the body is the stream (a `HEAD` gets none).
+pub(crate) fn blob_response(digest: &Digest, size: u64, body: Option<BlobBody>) -> Response {
+    let mut b = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header("Docker-Content-Digest", digest.as_str());
+    let Some(body) = body else {
+        return b
+            .status(StatusCode::OK)
+            .header(header::CONTENT_LENGTH, size)
+            .body(Body::empty())
+            .unwrap_or_else(|e| Error::Internal(e.to_string()).into_response());
+    };
+    b = match body.range {
+        Some(r) => b
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_LENGTH, r.byte_count())
+            .header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{}", r.start, r.end, body.size),
+            ),
+        None => b.status(StatusCode::OK).header(header::CONTENT_LENGTH, body.size),
+    };
+    b.body(Body::from_stream(body.stream))
+        .unwrap_or_else(|e| Error::Internal(e.to_string()).into_response())
 }
 
 /// Prometheus metrics; the gauges that describe state are read now.

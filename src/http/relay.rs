@@ -14,11 +14,11 @@ use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
+use super::blob_response;
 use super::headers::parse_range;
 use super::registry::{route, Route};
 use crate::core::names::{Digest, RepoName};
 use crate::core::relay::{Refusal, Relay};
-use crate::core::uploads::BlobBody;
 use crate::error::{Error, Problem};
 
 type RelayState = Arc<Relay>;
@@ -56,33 +56,6 @@ fn refused(r: Refusal, oci: bool) -> Response {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
     }
     resp
-}
-
-/// The headers of a blob answer; the body is the stream (a `HEAD` gets none).
-fn blob_response(digest: &Digest, size: u64, body: Option<BlobBody>) -> Response {
-    let mut b = Response::builder()
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(CONTENT_DIGEST, digest.as_str());
-    let Some(body) = body else {
-        return b
-            .status(StatusCode::OK)
-            .header(header::CONTENT_LENGTH, size)
-            .body(Body::empty())
-            .unwrap_or_else(|e| Error::Internal(e.to_string()).into_response());
-    };
-    b = match body.range {
-        Some(r) => b
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_LENGTH, r.byte_count())
-            .header(
-                header::CONTENT_RANGE,
-                format!("bytes {}-{}/{}", r.start, r.end, body.size),
-            ),
-        None => b.status(StatusCode::OK).header(header::CONTENT_LENGTH, body.size),
-    };
-    b.body(Body::from_stream(body.stream))
-        .unwrap_or_else(|e| Error::Internal(e.to_string()).into_response())
 }
 
 fn range_of(headers: &HeaderMap) -> Option<crate::core::uploads::RangeRequest> {

@@ -16,7 +16,6 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::request::Parts;
@@ -385,27 +384,12 @@ async fn download_inner(state: &AppState, token: &str, headers: &HeaderMap) -> R
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_range);
-    let blob = state.get_blob(&repo, &digest, range).await?;
-    let mut b = Response::builder()
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header("Docker-Content-Digest", digest.as_str());
-    b = match blob.range {
-        Some(r) => b
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_LENGTH, r.byte_count())
-            .header(
-                header::CONTENT_RANGE,
-                format!("bytes {}-{}/{}", r.start, r.end, blob.size),
-            ),
-        None => b.status(StatusCode::OK).header(header::CONTENT_LENGTH, blob.size),
-    };
-    let counted = blob.stream.map(|chunk| {
+    let mut blob = state.get_blob(&repo, &digest, range).await?;
+    blob.stream = Box::pin(blob.stream.map(|chunk| {
         if let Ok(c) = &chunk {
             crate::metrics::metrics().download_bytes.inc_by(c.len() as u64);
         }
         chunk
-    });
-    b.body(Body::from_stream(counted))
-        .map_err(|e| Problem(Error::Internal(e.to_string())))
+    }));
+    Ok(super::blob_response(&digest, blob.size, Some(blob)))
 }

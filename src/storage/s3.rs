@@ -490,31 +490,26 @@ impl Inner {
 
     /// Keys under `prefix` with their sizes.
     async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let out = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| s3_error(&format!("listing {prefix}"), &e))?;
-            keys.extend(out.contents().iter().filter_map(|o| {
-                let size = o.size().unwrap_or(0).max(0) as u64;
-                o.key().map(|k| (k.to_owned(), size))
-            }));
-            match (out.is_truncated(), out.next_continuation_token()) {
-                (Some(true), Some(next)) => token = Some(next.to_string()),
-                _ => return Ok(keys),
-            }
-        }
+        Ok(self
+            .list_objects(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, size, _)| (k, size))
+            .collect())
     }
 
     /// Keys under `prefix` with their last-modified times (ms since the epoch).
     async fn list_modified(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(self
+            .list_objects(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _, t)| (k, t))
+            .collect())
+    }
+
+    /// Keys under `prefix`, each with its size and last-modified time (ms since the epoch).
+    async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64, i64)>, StoreError> {
         let mut keys = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -529,7 +524,8 @@ impl Inner {
                 .map_err(|e| s3_error(&format!("listing {prefix}"), &e))?;
             keys.extend(out.contents().iter().filter_map(|o| {
                 let modified = o.last_modified().and_then(|t| t.to_millis().ok()).unwrap_or(0);
-                o.key().map(|k| (k.to_owned(), modified))
+                let size = o.size().unwrap_or(0).max(0) as u64;
+                o.key().map(|k| (k.to_owned(), size, modified))
             }));
             match (out.is_truncated(), out.next_continuation_token()) {
                 (Some(true), Some(next)) => token = Some(next.to_string()),
