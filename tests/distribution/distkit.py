@@ -3,7 +3,10 @@ it, and a real Glance (tests/pysupport/glance.py) read directly."""
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
+import urllib.request
 
 import requests
 
@@ -87,3 +90,48 @@ def glance_image(glance, image_id: str) -> dict:
     r = requests.get(f"{glance.endpoint}/v2/images/{image_id}", timeout=30)
     assert r.status_code == 200, (r.status_code, r.text)
     return r.json()
+
+
+class ManglingProxy:
+    """An HTTP proxy in front of `upstream` (our download links, a relay's upstream) that flips
+    one byte in the middle of the GET bodies it relays: of the first one only (a link or a
+    Glance that mangles data once), or of every one (`every=True`). HEAD is relayed faithfully.
+    `gets` counts the GETs."""
+
+    def __init__(self, upstream: str, every: bool = False):
+        proxy = self
+        self.gets = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _relay(self, method):
+                req = urllib.request.Request(upstream + self.path, method=method)
+                with urllib.request.urlopen(req) as up:
+                    data, headers = bytearray(up.read()), up.headers
+                if method == "GET":
+                    proxy.gets += 1
+                    if data and (every or proxy.gets == 1):
+                        data[len(data) // 2] ^= 0xFF
+                self.send_response(200)
+                for k in ("Content-Length", "Docker-Content-Digest", "Content-Type"):
+                    if headers.get(k) is not None:
+                        self.send_header(k, headers.get(k))
+                self.end_headers()
+                if method == "GET":
+                    self.wfile.write(bytes(data))
+
+            def do_GET(self):
+                self._relay("GET")
+
+            def do_HEAD(self):
+                self._relay("HEAD")
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()

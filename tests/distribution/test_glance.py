@@ -6,20 +6,17 @@ mid-transfer, cancel, a version swap under one name, un-distribution, and the in
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import signal
-import threading
-import urllib.request
 
 import pytest
 import requests
 
 import imserver
 from catalogkit import disk, is_problem
-from distkit import (api, distribute, glance_image, glance_images, glance_vim, job, poll, register, target, uid,
-                     vm_image, wait_job)
+from distkit import (ManglingProxy, api, distribute, glance_image, glance_images, glance_vim, job, poll, register,
+                     target, uid, vm_image, wait_job)
 from glance import Glance
 
 MIB = 1 << 20
@@ -140,43 +137,10 @@ def test_web_download_from_our_signed_link(srv, glance, tmp_path):
     is_problem(api(srv, "GET", "/dl/garbage"), 403)
 
 
-class CorruptingProxy:
-    """An HTTP proxy in front of our download links that flips one byte of the first body it
-    relays (a link or a Glance that mangles data), then relays faithfully."""
-
-    def __init__(self, upstream: str):
-        self.upstream = upstream
-        self.requests = 0
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                proxy.requests += 1
-                with urllib.request.urlopen(proxy.upstream + self.path) as up:
-                    data = bytearray(up.read())
-                if proxy.requests == 1 and data:
-                    data[len(data) // 2] ^= 0xFF
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(bytes(data))
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_a_corrupt_copy_is_caught_deleted_and_redone(srv, glance, tmp_path):
     name = uid("bad-")
     e, blob = vm_image(srv, tmp_path, name)
-    proxy = CorruptingProxy(srv.url)
+    proxy = ManglingProxy(srv.url)
     try:
         v = glance_vim(srv, glance, download_url=proxy.url)
         t = target(wait_job(srv, distribute(srv, [e["id"]], [v["id"]], "web-download")["id"]))
@@ -185,7 +149,7 @@ def test_a_corrupt_copy_is_caught_deleted_and_redone(srv, glance, tmp_path):
     # The corrupt copy failed verification: one attempt more at least (a loaded Glance may
     # add a transient failure of its own).
     assert t["state"] == "active" and t["attempts"] >= 2, t
-    assert proxy.requests >= 2
+    assert proxy.gets >= 2
     ours = [i for i in glance_images(glance) if i.get("im_entry_id") == e["id"]]
     assert [i["id"] for i in ours] == [t["remote_id"]], ours
     assert ours[0]["os_hash_value"] == hashlib.sha512(blob).hexdigest()

@@ -10,10 +10,7 @@ link, credentials, a push)."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
-import threading
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -21,7 +18,7 @@ import requests
 
 import imserver
 from catalogkit import ADMIN, auth_server, is_problem, push_blob
-from distkit import api, distribute, glance_image, register, uid, vm_image, wait_job
+from distkit import ManglingProxy, distribute, glance_image, register, uid, vm_image, wait_job
 from glance import Glance
 from multicloud_server import MultiCloud
 
@@ -144,50 +141,9 @@ def test_credentials_are_the_upstreams_business():
         central.close()
 
 
-class FlippingProxy:
-    """An HTTP proxy that answers HEAD faithfully and flips one byte of every GET body."""
-
-    def __init__(self, upstream: str):
-        proxy = self
-        self.gets = 0
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _relay(self, method):
-                req = urllib.request.Request(upstream + self.path, method=method)
-                with urllib.request.urlopen(req) as up:
-                    data, headers = bytearray(up.read()), up.headers
-                if method == "GET" and data:
-                    proxy.gets += 1
-                    data[len(data) // 2] ^= 0xFF
-                self.send_response(200)
-                for k in ("Content-Length", "Docker-Content-Digest", "Content-Type"):
-                    if headers.get(k) is not None:
-                        self.send_header(k, headers.get(k))
-                self.end_headers()
-                if method == "GET":
-                    self.wfile.write(bytes(data))
-
-            def do_GET(self):
-                self._relay("GET")
-
-            def do_HEAD(self):
-                self._relay("HEAD")
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_bytes_that_do_not_hash_to_the_digest_are_never_served_or_kept():
     with imserver.Server() as central:
-        proxy = FlippingProxy(central.url)
+        proxy = ManglingProxy(central.url, every=True)
         try:
             data = os.urandom(MIB)
             d = push_blob(central, "relay/bad", data)
