@@ -45,12 +45,15 @@ const MAX_CA_PEM: usize = 256 * 1024;
 
 /// Everything a caller may say about a VIM (register, or update by merging), secrets
 /// included. Unknown fields are refused, so a typo never silently drops a setting.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VimInput {
+    /// Unique among VIMs; 1 to 200 bytes. Required to register.
     pub name: Option<String>,
+    /// openstack, oci-registry or onap-multicloud. Required to register; never changes.
     #[serde(rename = "type")]
     pub kind: Option<String>,
+    /// Up to 64 labels (keys of a-z, A-Z, 0-9, `._/-`), for `vim_selector`.
     pub labels: Option<BTreeMap<String, String>>,
     // openstack
     pub glance_url: Option<String>,
@@ -62,8 +65,10 @@ pub struct VimInput {
     pub project_domain: Option<String>,
     pub user_domain: Option<String>,
     pub username: Option<String>,
+    /// Secret: sealed, never shown (`secrets` says it is set).
     pub password: Option<String>,
     pub application_credential_id: Option<String>,
+    /// Secret: sealed, never shown.
     pub application_credential_secret: Option<String>,
     /// Visibility of the images distributed there (default private).
     pub image_visibility: Option<String>,
@@ -124,20 +129,54 @@ impl VimInput {
 
 /// A VIM as callers see it: its settings without secrets, whether secrets are set, labels
 /// and health.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VimView {
     pub id: String,
     pub name: String,
+    /// openstack, oci-registry or onap-multicloud.
     #[serde(rename = "type")]
     pub kind: String,
-    /// The settings (no secret), as registered.
+    /// The settings (no secret, no name, type or labels), as registered: the fields of a
+    /// registration that were given.
+    #[schema(value_type = Object)]
     pub settings: Value,
     pub labels: BTreeMap<String, String>,
-    /// Which secrets are set (never their values).
+    /// Which secrets are set (never their values): `password`, `application_credential_secret`.
     pub secrets: Vec<String>,
+    /// The last health check's result.
+    #[schema(value_type = VimHealth)]
     pub health: Value,
+    /// ms since the epoch.
     pub created_at: i64,
+    /// ms since the epoch.
     pub updated_at: i64,
+}
+
+/// A VIM's health as its last check found it (documentation only: `health` is written as
+/// JSON by [`Vims::check`]).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct VimHealth {
+    /// unknown (never checked), ok, unreachable, unauthenticated or error.
+    state: String,
+    /// Why it is not ok.
+    #[schema(required = false)]
+    error: String,
+    /// Glance: the endpoint used.
+    #[schema(required = false)]
+    endpoint: String,
+    /// Glance: the import methods it offers (web-download, glance-direct...).
+    #[schema(required = false)]
+    import_methods: Vec<String>,
+    /// Glance: free bytes under its quota, `null` when unlimited or not told.
+    #[schema(required = false)]
+    free_bytes: Option<u64>,
+    /// When it was checked (RFC 3339); absent while the state is unknown.
+    #[schema(required = false)]
+    checked_at: String,
+    /// How long the check took.
+    #[schema(required = false)]
+    latency_ms: u64,
 }
 
 /// A client for one VIM, opened with its secrets.

@@ -36,6 +36,19 @@ ROUTES = {
     "/api/v1/admin/robots/{name}": {"delete"},
     "/api/v1/admin/robots/{name}/disable": {"post"},
     "/api/v1/admin/audit": {"get"},
+    "/api/v1/vims": {"get", "post"},
+    "/api/v1/vims/{id}": {"get", "patch", "delete"},
+    "/api/v1/vims/{id}/test": {"post"},
+    "/api/v1/vims/{id}/images": {"get"},
+    "/api/v1/vims/{id}/sync": {"post"},
+    "/api/v1/vims/{id}/images/{remote}/import": {"post"},
+    "/api/v1/distributions": {"get", "post"},
+    "/api/v1/distributions/{id}": {"get"},
+    "/api/v1/distributions/{id}/events": {"get"},
+    "/api/v1/distributions/{id}/cancel": {"post"},
+    "/api/v1/distributions/{id}/retry": {"post"},
+    "/api/v1/undistributions": {"post"},
+    "/api/v1/images/{id}/vims": {"get"},
 }
 
 
