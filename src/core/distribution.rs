@@ -849,7 +849,7 @@ impl Distribution {
                 .settings
                 .concurrency
                 .unwrap_or(self.config.per_vim_concurrency)
-                .max(1);
+                .clamp(1, crate::core::vims::MAX_CONCURRENCY);
             let rate = vim
                 .settings
                 .max_bytes_per_sec

@@ -42,6 +42,8 @@ const MAX_LABEL_VALUE: usize = 255;
 /// Longest text setting (URLs, names), and a CA certificate bundle.
 const MAX_TEXT: usize = 2048;
 const MAX_CA_PEM: usize = 256 * 1024;
+/// Most transfers at once to one VIM (a semaphore of more permits than tokio allows panics).
+pub const MAX_CONCURRENCY: usize = 1024;
 
 /// Everything a caller may say about a VIM (register, or update by merging), secrets
 /// included. Unknown fields are refused, so a typo never silently drops a setting.
@@ -86,7 +88,8 @@ pub struct VimInput {
     /// A base URL of this server that the VIM reaches (web-download URLs); overrides
     /// `distribution.public_url`.
     pub download_url: Option<String>,
-    /// Transfers at once to this VIM (default `distribution.per_vim_concurrency`).
+    /// Transfers at once to this VIM, 1 to 1024 (default `distribution.per_vim_concurrency`).
+    #[schema(minimum = 1, maximum = 1024)]
     pub concurrency: Option<usize>,
     /// Bytes per second sent to this VIM (default `distribution.per_vim_bytes_per_sec`).
     pub max_bytes_per_sec: Option<u64>,
@@ -793,8 +796,8 @@ fn validate(s: &VimInput, secrets: &VimSecrets) -> Result<(String, String, BTree
     {
         return Err(Error::BadRequest("ca_pem: PEM certificates, at most 256 KiB".into()));
     }
-    if s.concurrency == Some(0) {
-        return Err(Error::BadRequest("concurrency: at least 1".into()));
+    if s.concurrency.is_some_and(|n| n == 0 || n > MAX_CONCURRENCY) {
+        return Err(Error::BadRequest(format!("concurrency: 1 to {MAX_CONCURRENCY}")));
     }
     let openstack_only = s.glance_url.is_some()
         || s.auth_url.is_some()
@@ -940,6 +943,13 @@ mod tests {
         assert!(validate(&s, &k).is_ok());
         let (s, k) = input(json!({"name": "x", "type": "vmware"}));
         assert!(validate(&s, &k).is_err());
+        // More transfers at once than a semaphore holds panicked the distribution worker.
+        for n in [0u64, 1025, 1 << 62] {
+            let (s, k) = input(json!({"name": "r", "type": "oci-registry", "url": "http://reg", "concurrency": n}));
+            assert!(validate(&s, &k).is_err(), "{n}");
+        }
+        let (s, k) = input(json!({"name": "r", "type": "oci-registry", "url": "http://reg", "concurrency": 1024}));
+        assert!(validate(&s, &k).is_ok());
         assert!(serde_json::from_value::<VimInput>(json!({"name": "x", "passwrd": "typo"})).is_err());
     }
 
