@@ -71,7 +71,7 @@ const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
 /// What a caller asks for.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DistributionRequest {
     /// Catalog entry ids, or manifest digests (every entry of that digest).
@@ -82,7 +82,7 @@ pub struct DistributionRequest {
     /// VIMs whose labels hold every pair.
     #[serde(default)]
     pub vim_selector: Option<BTreeMap<String, String>>,
-    /// push, web-download or auto (default).
+    /// push, web-download or auto (default); ignored by un-distributions.
     #[serde(default)]
     pub method: Option<String>,
     /// The image an earlier version left under the same name: keep, hide (default) or delete.
@@ -91,7 +91,7 @@ pub struct DistributionRequest {
     /// Glance visibility of the new images (default the VIM's `image_visibility`, else private).
     #[serde(default)]
     pub visibility: Option<String>,
-    /// Extra Glance tags.
+    /// Extra Glance tags: at most 32, each 1 to 255 bytes.
     #[serde(default)]
     pub tags: Vec<String>,
     /// To OCI registries, VM images as KubeVirt containerDisks (a container image whose layer
@@ -101,8 +101,9 @@ pub struct DistributionRequest {
 }
 
 /// Options stored with a job.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct JobOptions {
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub(crate) struct JobOptions {
+    /// keep, hide or delete.
     on_replace: String,
     visibility: Option<String>,
     tags: Vec<String>,
@@ -113,26 +114,37 @@ struct JobOptions {
 }
 
 /// A job as callers see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DistributionView {
     pub id: String,
     pub created_by: String,
+    /// push, web-download, auto, or remove (an un-distribution).
     pub method: String,
     /// pending (no target started), running, active (every target active), failed (some
     /// failed, none running), cancelled, or removed (an un-distribution done).
     pub state: String,
+    /// Targets by state.
     pub counts: BTreeMap<String, usize>,
+    /// What was asked besides images, VIMs and method.
+    #[schema(value_type = JobOptions)]
     pub options: Value,
+    /// One per image and VIM.
     pub targets: Vec<TargetView>,
+    /// RFC 3339.
     pub created_at: String,
+    /// RFC 3339.
     pub updated_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One image on one VIM within a job.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TargetView {
     pub entry_id: String,
     pub vim_id: String,
+    /// pending, transferring, verifying, active, failed, cancelled (and removed for an
+    /// un-distribution).
     pub state: String,
+    /// The method this target uses (auto resolved), once it started.
     pub method: Option<String>,
     /// The VIM's id of the image.
     pub remote_id: Option<String>,
@@ -144,8 +156,11 @@ pub struct TargetView {
     pub last_error: Option<String>,
     /// The VIM already held it: nothing was sent.
     pub skipped: bool,
+    /// RFC 3339.
     pub started_at: Option<String>,
+    /// RFC 3339.
     pub finished_at: Option<String>,
+    /// RFC 3339.
     pub updated_at: String,
 }
 
@@ -952,7 +967,7 @@ impl Distribution {
                 .settings
                 .concurrency
                 .unwrap_or(self.config.per_vim_concurrency)
-                .max(1);
+                .clamp(1, crate::core::vims::MAX_CONCURRENCY);
             let rate = vim
                 .settings
                 .max_bytes_per_sec
@@ -1812,7 +1827,7 @@ impl Distribution {
     /// List what a VIM holds and record it: images that are catalog entries (our entry id
     /// property, or the same sha512 under Glance's sha512 `os_hash_value`) are linked to
     /// them, the rest listed as found there.
-    pub async fn sync_inventory(&self, vim: &VimRecord) -> Result<Value> {
+    pub async fn sync_inventory(&self, vim: &VimRecord) -> Result<SyncReport> {
         let open = self.vims.open(vim)?;
         let started = now_ms();
         let (by_sha512, by_digest) = self.catalog_index().await?;
@@ -1900,13 +1915,13 @@ impl Distribution {
         }
         let known = images.iter().filter(|i| i.entry_id.is_some()).count();
         self.vims.store().inventory_replace(&vim.id, &images, started).await?;
-        Ok(json!({
-            "vim": vim.id,
-            "images": images.len(),
-            "known": known,
-            "unknown": images.len() - known,
-            "synced_at": crate::storage::rfc3339(started),
-        }))
+        Ok(SyncReport {
+            vim: vim.id.clone(),
+            images: images.len(),
+            known,
+            unknown: images.len() - known,
+            synced_at: crate::storage::rfc3339(started),
+        })
     }
 
     /// Sync every VIM's inventory (the periodic sync); failures are logged per VIM.
@@ -2069,8 +2084,22 @@ mod tests {
     }
 }
 
+/// What an inventory sync found on a VIM.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SyncReport {
+    /// The VIM's id.
+    pub vim: String,
+    /// Images it holds.
+    pub images: usize,
+    /// Of them, those that are catalog entries.
+    pub known: usize,
+    pub unknown: usize,
+    /// RFC 3339.
+    pub synced_at: String,
+}
+
 /// What a caller says about an image imported from a VIM into the catalog.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
     pub namespace: Option<String>,

@@ -42,15 +42,20 @@ const MAX_LABEL_VALUE: usize = 255;
 /// Longest text setting (URLs, names), and a CA certificate bundle.
 const MAX_TEXT: usize = 2048;
 const MAX_CA_PEM: usize = 256 * 1024;
+/// Most transfers at once to one VIM (a semaphore of more permits than tokio allows panics).
+pub const MAX_CONCURRENCY: usize = 1024;
 
 /// Everything a caller may say about a VIM (register, or update by merging), secrets
 /// included. Unknown fields are refused, so a typo never silently drops a setting.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VimInput {
+    /// Unique among VIMs; 1 to 200 bytes. Required to register.
     pub name: Option<String>,
+    /// openstack, oci-registry or onap-multicloud. Required to register; never changes.
     #[serde(rename = "type")]
     pub kind: Option<String>,
+    /// Up to 64 labels (keys of a-z, A-Z, 0-9, `._/-`), for `vim_selector`.
     pub labels: Option<BTreeMap<String, String>>,
     // openstack
     pub glance_url: Option<String>,
@@ -62,8 +67,10 @@ pub struct VimInput {
     pub project_domain: Option<String>,
     pub user_domain: Option<String>,
     pub username: Option<String>,
+    /// Secret: sealed, never shown (`secrets` says it is set).
     pub password: Option<String>,
     pub application_credential_id: Option<String>,
+    /// Secret: sealed, never shown.
     pub application_credential_secret: Option<String>,
     /// Visibility of the images distributed there (default private).
     pub image_visibility: Option<String>,
@@ -81,7 +88,8 @@ pub struct VimInput {
     /// A base URL of this server that the VIM reaches (web-download URLs); overrides
     /// `distribution.public_url`.
     pub download_url: Option<String>,
-    /// Transfers at once to this VIM (default `distribution.per_vim_concurrency`).
+    /// Transfers at once to this VIM, 1 to 1024 (default `distribution.per_vim_concurrency`).
+    #[schema(minimum = 1, maximum = 1024)]
     pub concurrency: Option<usize>,
     /// Bytes per second sent to this VIM (default `distribution.per_vim_bytes_per_sec`).
     pub max_bytes_per_sec: Option<u64>,
@@ -124,20 +132,54 @@ impl VimInput {
 
 /// A VIM as callers see it: its settings without secrets, whether secrets are set, labels
 /// and health.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VimView {
     pub id: String,
     pub name: String,
+    /// openstack, oci-registry or onap-multicloud.
     #[serde(rename = "type")]
     pub kind: String,
-    /// The settings (no secret), as registered.
+    /// The settings (no secret, no name, type or labels), as registered: the fields of a
+    /// registration that were given.
+    #[schema(value_type = Object)]
     pub settings: Value,
     pub labels: BTreeMap<String, String>,
-    /// Which secrets are set (never their values).
+    /// Which secrets are set (never their values): `password`, `application_credential_secret`.
     pub secrets: Vec<String>,
+    /// The last health check's result.
+    #[schema(value_type = VimHealth)]
     pub health: Value,
+    /// ms since the epoch.
     pub created_at: i64,
+    /// ms since the epoch.
     pub updated_at: i64,
+}
+
+/// A VIM's health as its last check found it (documentation only: `health` is written as
+/// JSON by [`Vims::check`]).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct VimHealth {
+    /// unknown (never checked), ok, unreachable, unauthenticated or error.
+    state: String,
+    /// Why it is not ok.
+    #[schema(required = false)]
+    error: String,
+    /// Glance: the endpoint used.
+    #[schema(required = false)]
+    endpoint: String,
+    /// Glance: the import methods it offers (web-download, glance-direct...).
+    #[schema(required = false)]
+    import_methods: Vec<String>,
+    /// Glance: free bytes under its quota, `null` when unlimited or not told.
+    #[schema(required = false)]
+    free_bytes: Option<u64>,
+    /// When it was checked (RFC 3339); absent while the state is unknown.
+    #[schema(required = false)]
+    checked_at: String,
+    /// How long the check took.
+    #[schema(required = false)]
+    latency_ms: u64,
 }
 
 /// A client for one VIM, opened with its secrets.
@@ -754,8 +796,8 @@ fn validate(s: &VimInput, secrets: &VimSecrets) -> Result<(String, String, BTree
     {
         return Err(Error::BadRequest("ca_pem: PEM certificates, at most 256 KiB".into()));
     }
-    if s.concurrency == Some(0) {
-        return Err(Error::BadRequest("concurrency: at least 1".into()));
+    if s.concurrency.is_some_and(|n| n == 0 || n > MAX_CONCURRENCY) {
+        return Err(Error::BadRequest(format!("concurrency: 1 to {MAX_CONCURRENCY}")));
     }
     let openstack_only = s.glance_url.is_some()
         || s.auth_url.is_some()
@@ -901,6 +943,13 @@ mod tests {
         assert!(validate(&s, &k).is_ok());
         let (s, k) = input(json!({"name": "x", "type": "vmware"}));
         assert!(validate(&s, &k).is_err());
+        // More transfers at once than a semaphore holds panicked the distribution worker.
+        for n in [0u64, 1025, 1 << 62] {
+            let (s, k) = input(json!({"name": "r", "type": "oci-registry", "url": "http://reg", "concurrency": n}));
+            assert!(validate(&s, &k).is_err(), "{n}");
+        }
+        let (s, k) = input(json!({"name": "r", "type": "oci-registry", "url": "http://reg", "concurrency": 1024}));
+        assert!(validate(&s, &k).is_ok());
         assert!(serde_json::from_value::<VimInput>(json!({"name": "x", "passwrd": "typo"})).is_err());
     }
 

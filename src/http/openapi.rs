@@ -48,7 +48,7 @@ impl Modify for Security {
     info(
         title = "Image Manager API",
         description = "The ONAP image catalog (container images, VM images, VNF packages, Helm charts, \
-                       artifacts) and the administration of the registry. Errors are RFC 9457 \
+                       artifacts), its distribution to VIMs and the administration of the registry. Errors are RFC 9457 \
                        application/problem+json. With --auth token, authenticate with HTTP Basic \
                        (users and robot accounts)."
     ),
@@ -81,6 +81,23 @@ impl Modify for Security {
         super::api::delete_robot,
         super::api::disable_robot,
         super::api::list_audit,
+        super::vims::list_vims,
+        super::vims::register_vim,
+        super::vims::get_vim,
+        super::vims::update_vim,
+        super::vims::remove_vim,
+        super::vims::test_vim,
+        super::vims::vim_images,
+        super::vims::sync_vim,
+        super::vims::import_image,
+        super::vims::list_distributions,
+        super::vims::create_distribution,
+        super::vims::get_distribution,
+        super::vims::distribution_events,
+        super::vims::cancel_distribution,
+        super::vims::retry_distribution,
+        super::vims::create_undistribution,
+        super::vims::entry_vims,
         openapi_json,
     ),
     components(schemas(ProblemDoc)),
@@ -88,6 +105,9 @@ impl Modify for Security {
     tags(
         (name = "catalog", description = "Catalog entries, VM image upload, VNF package onboarding"),
         (name = "admin", description = "Namespaces, quotas, members, users, robots, audit log"),
+        (name = "distribution", description = "VIMs (OpenStack Glance, OCI registries, ONAP MultiCloud): register, \
+                                              check, inventory, import; distribution and un-distribution jobs of catalog \
+                                              entries to VIMs, their progress (also as server-sent events), cancel and retry"),
     )
 )]
 pub struct ApiDoc;

@@ -24,15 +24,18 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::api::caller;
 use super::headers::parse_range;
 use super::AppState;
-use crate::core::distribution::{DistributionRequest, DistributionView};
+use crate::core::distribution::{DistributionRequest, DistributionView, ImportRequest, SyncReport};
 use crate::core::names::{Digest, RepoName};
 use crate::core::vims::{VimInput, VimView};
 use crate::error::{Error, Problem};
+use crate::storage::vims::VimImageRecord;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -83,7 +86,95 @@ fn param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-async fn register_vim(
+/// The registered VIMs.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct VimList {
+    vims: Vec<VimView>,
+}
+
+/// What a VIM holds, as its last inventory sync (and the distributions since) saw it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct VimImages {
+    /// The VIM's id.
+    vim: String,
+    /// Images that are catalog entries (`entry_id` set).
+    known: Vec<VimImageRecord>,
+    /// Images the catalog does not have (`entry_id` null): importable.
+    unknown: Vec<VimImageRecord>,
+}
+
+/// Distribution jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct DistributionList {
+    distributions: Vec<DistributionView>,
+}
+
+/// Where a catalog entry is.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct EntryVims {
+    /// The entry id asked about.
+    entry: String,
+    /// Its images on VIMs, in VIM order.
+    vims: Vec<VimImageRecord>,
+}
+
+/// One server-sent event of `GET /api/v1/distributions/{id}/events` (documentation only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct DistributionEvent {
+    /// `target` (a target changed; data: the target as in `targets`), `job` (after each
+    /// round; data: `{"id", "state", "counts"}`) or `error` (the job could no longer be read;
+    /// data: why, as text; the stream ends).
+    event: String,
+    /// The event's data: JSON for `target` and `job`.
+    data: String,
+}
+
+/// Query of `GET /api/v1/vims`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct VimListParams {
+    /// Only VIMs whose labels hold every pair: `key=value,key2=value2`.
+    selector: Option<String>,
+}
+
+/// Query of `GET /api/v1/distributions`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct DistributionListParams {
+    /// At most this many jobs (1 to 1000; default 100).
+    limit: Option<u32>,
+}
+
+/// Which targets of a job `cancel` and `retry` act on (default all).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct TargetFilter {
+    /// Only the targets on this VIM (id or name).
+    vim: Option<String>,
+    /// Only the targets of this catalog entry id.
+    entry: Option<String>,
+}
+
+/// Register a VIM (system administrators). Secrets are sealed at rest and never shown.
+#[utoipa::path(
+    post, path = "/api/v1/vims", tag = "distribution",
+    request_body = VimInput,
+    responses(
+        (status = 201, description = "The VIM, not yet checked (`health.state` unknown)", body = VimView,
+            headers(("Location" = String, description = "/api/v1/vims/{id}")),
+            links(("GetVim" = (operation_id = "get_vim", parameters(("id" = "$response.body#/id")))), ("UpdateVim" = (operation_id = "update_vim", parameters(("id" = "$response.body#/id")))), ("RemoveVim" = (operation_id = "remove_vim", parameters(("id" = "$response.body#/id")))), ("TestVim" = (operation_id = "test_vim", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, description = "Invalid request: a body that is not the JSON documented (not application/json, malformed, unknown fields, over 2 MiB), or a setting refused", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not a system administrator", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "A VIM of that name exists", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn register_vim(
     State(state): State<AppState>,
     parts: Parts,
     body: Result<Json<VimInput>, JsonRejection>,
@@ -99,7 +190,18 @@ async fn register_vim(
     Ok((StatusCode::CREATED, h, Json(view)))
 }
 
-async fn list_vims(State(state): State<AppState>, parts: Parts) -> Result<Json<Value>, Problem> {
+/// The registered VIMs (any authenticated caller), in name order.
+#[utoipa::path(
+    get, path = "/api/v1/vims", tag = "distribution",
+    params(VimListParams),
+    responses(
+        (status = 200, description = "The VIMs (matching `selector`)", body = VimList),
+        (status = 400, description = "An unknown query parameter, or a selector that is not key=value pairs", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn list_vims(State(state): State<AppState>, parts: Parts) -> Result<Json<VimList>, Problem> {
     let who = caller(&state, &parts).await?.actor();
     let pairs = query(&parts, &["selector"])?;
     let mut vims = engine(&state)?.vims().list(&who).await?;
@@ -107,10 +209,21 @@ async fn list_vims(State(state): State<AppState>, parts: Parts) -> Result<Json<V
         let sel = crate::core::vims::parse_selector(sel)?;
         vims.retain(|v| crate::core::vims::selector_matches(&sel, &v.labels));
     }
-    Ok(Json(json!({ "vims": vims })))
+    Ok(Json(VimList { vims }))
 }
 
-async fn get_vim(
+/// A VIM (any authenticated caller).
+#[utoipa::path(
+    get, path = "/api/v1/vims/{id}", tag = "distribution",
+    params(("id" = String, Path, description = "VIM id, or name")),
+    responses(
+        (status = 200, description = "The VIM", body = VimView),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No VIM of that id or name", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn get_vim(
     State(state): State<AppState>,
     Path(id): Path<String>,
     parts: Parts,
@@ -119,7 +232,25 @@ async fn get_vim(
     Ok(Json(engine(&state)?.vims().get(&who, &id).await?))
 }
 
-async fn update_vim(
+/// Change a VIM (system administrators), merging the body over its registration: a field
+/// given replaces, `null` removes it, `labels` replaces every label; a secret given replaces
+/// the sealed one (`null` removes it). The result is validated like a registration; `type`
+/// cannot change.
+#[utoipa::path(
+    patch, path = "/api/v1/vims/{id}", tag = "distribution",
+    params(("id" = String, Path, description = "VIM id, or name")),
+    request_body = VimInput,
+    responses(
+        (status = 200, description = "The VIM as changed", body = VimView),
+        (status = 400, description = "Invalid request: a body that is not the JSON documented (not application/json, malformed, unknown fields, over 2 MiB), or a setting refused", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not a system administrator", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No VIM of that id or name", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Another VIM has that name, or the VIM changed meanwhile", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn update_vim(
     State(state): State<AppState>,
     Path(id): Path<String>,
     parts: Parts,
@@ -131,7 +262,20 @@ async fn update_vim(
     Ok(Json(vims.update(&who, &id, json_body(body)?).await?))
 }
 
-async fn remove_vim(
+/// Remove a VIM (system administrators) and what the catalog knows it holds; the images stay
+/// on the VIM.
+#[utoipa::path(
+    delete, path = "/api/v1/vims/{id}", tag = "distribution",
+    params(("id" = String, Path, description = "VIM id, or name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not a system administrator", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No VIM of that id or name", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn remove_vim(
     State(state): State<AppState>,
     Path(id): Path<String>,
     parts: Parts,
@@ -141,7 +285,20 @@ async fn remove_vim(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn test_vim(
+/// Check a VIM now (system administrators): reachable, authenticated, its free quota where
+/// it tells. The outcome is the VIM's `health`, whatever it is.
+#[utoipa::path(
+    post, path = "/api/v1/vims/{id}/test", tag = "distribution",
+    params(("id" = String, Path, description = "VIM id, or name")),
+    responses(
+        (status = 200, description = "The VIM with the health just found", body = VimView),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not a system administrator", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No VIM of that id or name", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn test_vim(
     State(state): State<AppState>,
     Path(id): Path<String>,
     parts: Parts,
@@ -150,21 +307,55 @@ async fn test_vim(
     Ok(Json(engine(&state)?.vims().test(&who, &id).await?))
 }
 
-async fn vim_images(
+/// What a VIM holds (any authenticated caller), as its last inventory sync and the
+/// distributions since saw it.
+#[utoipa::path(
+    get, path = "/api/v1/vims/{id}/images", tag = "distribution",
+    params(("id" = String, Path, description = "VIM id, or name")),
+    responses(
+        (status = 200, description = "Its images, known to the catalog or not", body = VimImages),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No VIM of that id or name", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn vim_images(
     State(state): State<AppState>,
     Path(id): Path<String>,
     parts: Parts,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<VimImages>, Problem> {
     let who = caller(&state, &parts).await?.actor();
     let d = engine(&state)?;
     d.vims().may_read(&who).await?;
     let vim = d.vims().find(&id).await?;
     let images = d.vims().store().inventory_of_vim(&vim.id).await.map_err(Error::from)?;
     let (known, unknown): (Vec<_>, Vec<_>) = images.into_iter().partition(|i| i.entry_id.is_some());
-    Ok(Json(json!({ "vim": vim.id, "known": known, "unknown": unknown })))
+    Ok(Json(VimImages {
+        vim: vim.id,
+        known,
+        unknown,
+    }))
 }
 
-async fn sync_vim(State(state): State<AppState>, Path(id): Path<String>, parts: Parts) -> Result<Json<Value>, Problem> {
+/// Sync a VIM's inventory now (system administrators): list what it holds and link the
+/// images that are catalog entries.
+#[utoipa::path(
+    post, path = "/api/v1/vims/{id}/sync", tag = "distribution",
+    params(("id" = String, Path, description = "VIM id, or name")),
+    responses(
+        (status = 200, description = "What the sync found", body = SyncReport),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not a system administrator", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No VIM of that id or name", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "The VIM failed or refused the listing", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn sync_vim(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    parts: Parts,
+) -> Result<Json<SyncReport>, Problem> {
     let who = caller(&state, &parts).await?.actor();
     let d = engine(&state)?;
     d.vims().may_change(&who).await?;
@@ -174,12 +365,31 @@ async fn sync_vim(State(state): State<AppState>, Path(id): Path<String>, parts: 
     Ok(Json(report))
 }
 
-/// Import an image the VIM holds (and the catalog does not) into the catalog.
-async fn import_image(
+/// Import an image a Glance VIM holds (and the catalog does not) into the catalog: fetched,
+/// hashed and inspected like an upload (push right in the namespace). The image must be in
+/// the VIM's inventory (sync it first).
+#[utoipa::path(
+    post, path = "/api/v1/vims/{id}/images/{remote}/import", tag = "distribution",
+    params(("id" = String, Path, description = "VIM id, or name"), ("remote" = String, Path, description = "The VIM's id of the image (a Glance image id)")),
+    request_body = ImportRequest,
+    responses(
+        (status = 201, description = "The new vm-image entry", body = crate::http::catalog::Entry),
+        (status = 400, description = "Invalid request (a body that is not the JSON documented) or metadata, a VIM that is not openstack, an image without a name on the VIM and none given", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "No push right in the namespace, or over quota", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such VIM, or no such image in its inventory or on it", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The image is a catalog entry already, or the version exists", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "The image is larger than a blob may be", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "The image was refused on inspection", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "The VIM failed or refused", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn import_image(
     State(state): State<AppState>,
     Path((id, remote)): Path<(String, String)>,
     parts: Parts,
-    body: Result<Json<crate::core::distribution::ImportRequest>, JsonRejection>,
+    body: Result<Json<ImportRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<crate::http::catalog::Entry>), Problem> {
     let c = caller(&state, &parts).await?;
     let req = json_body(body)?;
@@ -210,7 +420,24 @@ async fn create(
     Ok((StatusCode::ACCEPTED, h, Json(view)))
 }
 
-async fn create_distribution(
+/// Distribute catalog entries to VIMs: one target per image and VIM, run in the background.
+/// Needs the push right in every namespace of the images. OpenStack and MultiCloud VIMs take
+/// VM images only.
+#[utoipa::path(
+    post, path = "/api/v1/distributions", tag = "distribution",
+    request_body = DistributionRequest,
+    responses(
+        (status = 202, description = "The job, its targets pending", body = DistributionView,
+            headers(("Location" = String, description = "/api/v1/distributions/{id}")),
+            links(("GetDistribution" = (operation_id = "get_distribution", parameters(("id" = "$response.body#/id")))), ("CancelDistribution" = (operation_id = "cancel_distribution", parameters(("id" = "$response.body#/id")))), ("RetryDistribution" = (operation_id = "retry_distribution", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, description = "Invalid request: a body that is not the JSON documented, no images, no VIM named or selected, a bad method, on_replace, visibility or tags, a non-VM image to a VM-only VIM, too many targets", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "No push right in a namespace of the images", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "An image or a VIM named is unknown", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn create_distribution(
     State(state): State<AppState>,
     parts: Parts,
     body: Result<Json<DistributionRequest>, JsonRejection>,
@@ -218,7 +445,23 @@ async fn create_distribution(
     create(&state, &parts, body, false).await
 }
 
-async fn create_undistribution(
+/// Remove catalog entries' images from VIMs (an un-distribution job, method `remove`).
+/// Needs the push right in every namespace of the images.
+#[utoipa::path(
+    post, path = "/api/v1/undistributions", tag = "distribution",
+    request_body = DistributionRequest,
+    responses(
+        (status = 202, description = "The job, its targets pending", body = DistributionView,
+            headers(("Location" = String, description = "/api/v1/distributions/{id}")),
+            links(("GetDistribution" = (operation_id = "get_distribution", parameters(("id" = "$response.body#/id")))), ("CancelDistribution" = (operation_id = "cancel_distribution", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, description = "Invalid request: a body that is not the JSON documented, no images, no VIM named or selected, bad options, a non-VM image on a VM-only VIM, too many targets", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "No push right in a namespace of the images", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "An image or a VIM named is unknown", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn create_undistribution(
     State(state): State<AppState>,
     parts: Parts,
     body: Result<Json<DistributionRequest>, JsonRejection>,
@@ -226,7 +469,22 @@ async fn create_undistribution(
     create(&state, &parts, body, true).await
 }
 
-async fn list_distributions(State(state): State<AppState>, parts: Parts) -> Result<Json<Value>, Problem> {
+/// Distribution jobs (any authenticated caller), newest first: those whose images' namespaces
+/// the caller may pull from.
+#[utoipa::path(
+    get, path = "/api/v1/distributions", tag = "distribution",
+    params(DistributionListParams),
+    responses(
+        (status = 200, description = "The jobs", body = DistributionList),
+        (status = 400, description = "An unknown query parameter, or a limit that is not a number", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn list_distributions(
+    State(state): State<AppState>,
+    parts: Parts,
+) -> Result<Json<DistributionList>, Problem> {
     let who = caller(&state, &parts).await?.actor();
     let pairs = query(&parts, &["limit"])?;
     let limit = match param(&pairs, "limit") {
@@ -235,12 +493,24 @@ async fn list_distributions(State(state): State<AppState>, parts: Parts) -> Resu
             .map_err(|_| Problem(Error::BadRequest(format!("limit: {v:?} is not a number"))))?,
         None => 100,
     };
-    Ok(Json(
-        json!({ "distributions": engine(&state)?.list(&who, limit).await? }),
-    ))
+    Ok(Json(DistributionList {
+        distributions: engine(&state)?.list(&who, limit).await?,
+    }))
 }
 
-async fn get_distribution(
+/// A distribution job with its targets (pull right in its images' namespaces).
+#[utoipa::path(
+    get, path = "/api/v1/distributions/{id}", tag = "distribution",
+    params(("id" = String, Path, description = "Distribution job id")),
+    responses(
+        (status = 200, description = "The job", body = DistributionView),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "No pull right in a namespace of its images", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn get_distribution(
     State(state): State<AppState>,
     Path(id): Path<String>,
     parts: Parts,
@@ -249,7 +519,20 @@ async fn get_distribution(
     Ok(Json(engine(&state)?.get(&who, &id).await?))
 }
 
-async fn cancel_distribution(
+/// Cancel a job's targets that have not finished (push right in its images' namespaces).
+#[utoipa::path(
+    post, path = "/api/v1/distributions/{id}/cancel", tag = "distribution",
+    params(("id" = String, Path, description = "Distribution job id"), TargetFilter),
+    responses(
+        (status = 200, description = "The job after the change", body = DistributionView),
+        (status = 400, description = "An unknown query parameter", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "No push right in a namespace of its images", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such job, or no such VIM", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn cancel_distribution(
     State(state): State<AppState>,
     Path(id): Path<String>,
     parts: Parts,
@@ -263,7 +546,21 @@ async fn cancel_distribution(
     ))
 }
 
-async fn retry_distribution(
+/// Run again a job's targets that failed or were cancelled (push right in its images'
+/// namespaces).
+#[utoipa::path(
+    post, path = "/api/v1/distributions/{id}/retry", tag = "distribution",
+    params(("id" = String, Path, description = "Distribution job id"), TargetFilter),
+    responses(
+        (status = 200, description = "The job after the change", body = DistributionView),
+        (status = 400, description = "An unknown query parameter", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "No push right in a namespace of its images", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such job, or no such VIM", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn retry_distribution(
     State(state): State<AppState>,
     Path(id): Path<String>,
     parts: Parts,
@@ -280,7 +577,18 @@ async fn retry_distribution(
 /// The job's targets as server-sent events: one `target` event per change (and each at the
 /// start), a `job` event with the job's state after each round, and the stream ends once every
 /// target is final. Polls the store, so it sees the changes any replica makes.
-async fn distribution_events(
+#[utoipa::path(
+    get, path = "/api/v1/distributions/{id}/events", tag = "distribution",
+    params(("id" = String, Path, description = "Distribution job id")),
+    responses(
+        (status = 200, description = "The stream: `target` events, a `job` event after each round; it ends once every target is final", body = DistributionEvent, content_type = "text/event-stream"),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "No pull right in a namespace of its images", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn distribution_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     parts: Parts,
@@ -353,17 +661,28 @@ fn async_stream_of(
 
 use futures::StreamExt;
 
-async fn entry_vims(
+/// The VIMs that hold a catalog entry, as their inventories show (read right on the entry).
+#[utoipa::path(
+    get, path = "/api/v1/images/{id}/vims", tag = "distribution",
+    params(("id" = String, Path, description = "Entry id")),
+    responses(
+        (status = 200, description = "Its images on VIMs", body = EntryVims),
+        (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such entry, or not readable by the caller", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security((), ("basic" = []))
+)]
+pub(super) async fn entry_vims(
     State(state): State<AppState>,
     Path(id): Path<String>,
     parts: Parts,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<EntryVims>, Problem> {
     let c = caller(&state, &parts).await?;
     // Reading the entry checks the caller may see it.
     let entry = state.entry_view(&c.principal, &id).await?;
     let _ = entry;
     let held = engine(&state)?.holders(&id).await?;
-    Ok(Json(json!({ "entry": id, "vims": held })))
+    Ok(Json(EntryVims { entry: id, vims: held }))
 }
 
 /// A blob through a signed download link (Glance's web-download, MultiCloud's imagePath):

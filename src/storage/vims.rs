@@ -35,7 +35,7 @@ pub struct VimRecord {
 
 /// One image (Glance) or tagged manifest (OCI) a VIM holds, as the last inventory sync or
 /// distribution saw it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VimImageRecord {
     pub vim_id: String,
     /// The VIM's id of it: a Glance image id, `repository:tag` on a registry.
@@ -51,6 +51,7 @@ pub struct VimImageRecord {
     /// The catalog entry it is, when it matched one.
     pub entry_id: Option<String>,
     /// What else the VIM says of it (formats, visibility, properties), as JSON.
+    #[schema(value_type = Object)]
     pub meta: serde_json::Value,
     /// When a sync or distribution last saw it (ms).
     pub seen_at: i64,

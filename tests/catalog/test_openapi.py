@@ -36,6 +36,19 @@ ROUTES = {
     "/api/v1/admin/robots/{name}": {"delete"},
     "/api/v1/admin/robots/{name}/disable": {"post"},
     "/api/v1/admin/audit": {"get"},
+    "/api/v1/vims": {"get", "post"},
+    "/api/v1/vims/{id}": {"get", "patch", "delete"},
+    "/api/v1/vims/{id}/test": {"post"},
+    "/api/v1/vims/{id}/images": {"get"},
+    "/api/v1/vims/{id}/sync": {"post"},
+    "/api/v1/vims/{id}/images/{remote}/import": {"post"},
+    "/api/v1/distributions": {"get", "post"},
+    "/api/v1/distributions/{id}": {"get"},
+    "/api/v1/distributions/{id}/events": {"get"},
+    "/api/v1/distributions/{id}/cancel": {"post"},
+    "/api/v1/distributions/{id}/retry": {"post"},
+    "/api/v1/undistributions": {"post"},
+    "/api/v1/images/{id}/vims": {"get"},
 }
 
 
@@ -63,6 +76,22 @@ def test_document_is_served_and_names_every_route(srv):
                 assert "application/problem+json" in resp["content"], (method, path, code)
     assert "ProblemDoc" in doc["components"]["schemas"]
     assert doc["components"]["securitySchemes"]["basic"]["scheme"] == "basic"
+
+
+def test_vim_settings_the_engine_cannot_run_are_refused(srv):
+    """Regressions found while documenting the VIM API (no VIM is contacted)."""
+    def register(body):
+        return requests.post(srv.url + "/api/v1/vims", json=body, timeout=30)
+
+    # A concurrency beyond what a semaphore holds was accepted (201) and panicked the
+    # distribution worker on the VIM's first transfer.
+    base = {"type": "oci-registry", "url": "http://127.0.0.1:9"}
+    for n in (0, 1025, 1 << 62):
+        r = register({**base, "name": f"conc-{n}", "concurrency": n})
+        assert r.status_code == 400 and r.headers["Content-Type"] == "application/problem+json", (n, r.text)
+    r = register({**base, "name": "conc-ok", "concurrency": 1024})
+    assert r.status_code == 201, r.text
+    assert requests.delete(f"{srv.url}/api/v1/vims/{r.json()['id']}", timeout=30).status_code == 204
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(srv, tmp_path):
