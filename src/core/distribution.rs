@@ -957,17 +957,21 @@ impl Distribution {
         self.get(who, id).await
     }
 
+    /// How many targets may transfer to `vim` at once, over all replicas.
+    fn vim_concurrency(&self, vim: &OpenVim) -> usize {
+        vim.settings
+            .concurrency
+            .unwrap_or(self.config.per_vim_concurrency)
+            .clamp(1, crate::core::vims::MAX_CONCURRENCY)
+    }
+
     /// The concurrency slot and bandwidth bucket of one VIM.
     fn vim_limits(&self, vim: &OpenVim) -> (Arc<Semaphore>, Arc<Bucket>) {
         let Ok(mut map) = self.per_vim.lock() else {
             return (Arc::new(Semaphore::new(1)), Arc::new(Bucket::new(0)));
         };
         let fresh = || {
-            let n = vim
-                .settings
-                .concurrency
-                .unwrap_or(self.config.per_vim_concurrency)
-                .clamp(1, crate::core::vims::MAX_CONCURRENCY);
+            let n = self.vim_concurrency(vim);
             let rate = vim
                 .settings
                 .max_bytes_per_sec
@@ -1056,11 +1060,7 @@ impl Distribution {
             return Err(busy());
         };
         // The same limit over every replica: one of the VIM's slot leases.
-        let n = open
-            .settings
-            .concurrency
-            .unwrap_or(self.config.per_vim_concurrency)
-            .max(1);
+        let n = self.vim_concurrency(&open);
         let owner = format!("{}:{}", crate::core::jobs::replica_id(), ctx.job.id);
         let _cluster_slot = match SlotLease::take(self.enqueuer.store(), &vim.id, n, owner, &self.in_flight).await {
             Ok(Some(s)) => s,
