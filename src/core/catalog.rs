@@ -478,7 +478,7 @@ impl Registry {
 
     /// One entry, if `p` may read it (others get the same answer as for a missing one).
     pub async fn entry(&self, p: &Principal, id: &str) -> Result<EntryRecord> {
-        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_entry_id(id) {
             return Err(Error::EntryUnknown(id.chars().take(64).collect()));
         }
         let e = self
@@ -869,4 +869,10 @@ impl EntryPatch {
         }
         Ok(())
     }
+}
+
+/// Whether `id` has the shape of a catalog entry id (32 hex digits, as minted): anything else
+/// is unknown without asking the database (whose key columns may refuse it).
+pub fn is_entry_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -618,18 +618,25 @@ impl Distribution {
     async fn resolve_images(&self, images: &[String]) -> Result<Vec<EntryRecord>> {
         let mut out: Vec<EntryRecord> = Vec::new();
         for i in images {
+            // Only well-formed ids and digests reach the database (its key columns may refuse
+            // other text, e.g. MariaDB's ascii ones, PostgreSQL on NUL).
             let found = if i.starts_with("sha256:") || i.starts_with("sha512:") {
+                if Digest::parse(i).is_err() {
+                    return Err(Error::EntryUnknown(i.chars().take(200).collect()));
+                }
                 let q = crate::storage::catalog::EntryQuery {
                     digest: Some(i.clone()),
                     limit: 1000,
                     ..Default::default()
                 };
                 self.entries.catalog_query(&q).await?
-            } else {
+            } else if crate::core::catalog::is_entry_id(i) {
                 self.entries.catalog_get(i).await?.into_iter().collect()
+            } else {
+                Vec::new()
             };
             if found.is_empty() {
-                return Err(Error::EntryUnknown(i.clone()));
+                return Err(Error::EntryUnknown(i.chars().take(200).collect()));
             }
             for e in found {
                 if !out.iter().any(|o| o.id == e.id) {
@@ -847,11 +854,11 @@ impl Distribution {
     }
 
     pub async fn get(&self, who: &Actor, id: &str) -> Result<DistributionView> {
-        let job = self
-            .store
-            .distribution_get(id)
-            .await?
-            .ok_or_else(|| Error::NotFoundWhat(format!("distribution {id:?}")))?;
+        let unknown = || Error::NotFoundWhat(format!("distribution {:?}", id.chars().take(200).collect::<String>()));
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(unknown()); // ids are UUIDs we mint
+        }
+        let job = self.store.distribution_get(id).await?.ok_or_else(unknown)?;
         self.readable(who, &job).await?;
         let targets = self.store.targets_of(id).await?;
         self.view_of(job, targets)

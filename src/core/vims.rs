@@ -332,15 +332,19 @@ impl Vims {
 
     /// The VIM with this id, or else this name.
     pub async fn find(&self, id_or_name: &str) -> Result<VimRecord> {
-        if let Some(v) = self.store.vim_get(id_or_name).await? {
-            return Ok(v);
+        // Ids are UUIDs we mint: other text is a name, compared here (a database's key column
+        // may refuse it, e.g. MariaDB's ascii ones).
+        if uuid::Uuid::parse_str(id_or_name).is_ok() {
+            if let Some(v) = self.store.vim_get(id_or_name).await? {
+                return Ok(v);
+            }
         }
         self.store
             .vims()
             .await?
             .into_iter()
             .find(|v| v.name == id_or_name)
-            .ok_or_else(|| Error::NotFoundWhat(format!("VIM {id_or_name:?}")))
+            .ok_or_else(|| Error::NotFoundWhat(format!("VIM {:?}", id_or_name.chars().take(200).collect::<String>())))
     }
 
     pub async fn get(&self, who: &Actor, id: &str) -> Result<VimView> {

@@ -94,6 +94,22 @@ def test_vim_settings_the_engine_cannot_run_are_refused(srv):
     assert requests.delete(f"{srv.url}/api/v1/vims/{r.json()['id']}", timeout=30).status_code == 204
 
 
+def test_ids_no_database_key_can_hold_are_unknown_not_errors(srv):
+    """Found by schemathesis on MariaDB (ascii key columns: "Illegal mix of collations") and
+    PostgreSQL (NUL in text): ids, names and digests of any text answer 404, never 500."""
+    for path in ("/api/v1/vims/%C3%87%C2%BB%17wZi/test", "/api/v1/vims/o%F3%AA%B8%9F/sync",
+                 "/api/v1/vims/%1D%F0%A8%9B%AD/images/x/import", "/api/v1/distributions/%C3%87%00x/cancel"):
+        r = requests.post(srv.url + path, json={}, timeout=30)
+        assert r.status_code == 404 and r.headers["Content-Type"] == "application/problem+json", (path, r.text)
+    for body in ({"images": ["\u00ce\u0000x", "sha256:\u00e9"], "vims": ["v"]},
+                 {"images": ["0" * 32], "vims": ["\u00c7\u0000"]}):
+        for path in ("/api/v1/distributions", "/api/v1/undistributions"):
+            r = requests.post(srv.url + path, json=body, timeout=30)
+            assert r.status_code == 404 and r.headers["Content-Type"] == "application/problem+json", (path, r.text)
+    r = requests.get(srv.url + "/api/v1/distributions/%C3%87%00x", timeout=30)
+    assert r.status_code == 404, r.text
+
+
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(srv, tmp_path):
     st = shutil.which("schemathesis") or shutil.which("st")
     cmd = [st] if st else [sys.executable, "-m", "schemathesis.cli"]
