@@ -148,6 +148,29 @@ pub(super) struct DistributionListParams {
     limit: Option<u32>,
 }
 
+/// Which targets of a job its view lists (default all); the counts always cover all.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct TargetListing {
+    /// Only targets in these states, comma-separated (pending, transferring, verifying,
+    /// active, failed, cancelled, removed).
+    state: Option<String>,
+    /// `false`: no targets, only the job and its counts (cheap to poll at thousands of targets).
+    targets: Option<bool>,
+}
+
+/// The target states a job view may be filtered by.
+const TARGET_STATES: [&str; 7] = [
+    "pending",
+    "transferring",
+    "verifying",
+    "active",
+    "failed",
+    "cancelled",
+    "removed",
+];
+
 /// Which targets of a job `cancel` and `retry` act on (default all).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -501,9 +524,10 @@ pub(super) async fn list_distributions(
 /// A distribution job with its targets (pull right in its images' namespaces).
 #[utoipa::path(
     get, path = "/api/v1/distributions/{id}", tag = "distribution",
-    params(("id" = String, Path, description = "Distribution job id")),
+    params(("id" = String, Path, description = "Distribution job id"), TargetListing),
     responses(
         (status = 200, description = "The job", body = DistributionView),
+        (status = 400, description = "An unknown query parameter, target state, or a `targets` that is not true or false", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Authentication required or bad credentials", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "No pull right in a namespace of its images", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such job", body = crate::http::openapi::ProblemDoc, content_type = "application/problem+json"),
@@ -516,7 +540,26 @@ pub(super) async fn get_distribution(
     parts: Parts,
 ) -> Result<Json<DistributionView>, Problem> {
     let who = caller(&state, &parts).await?.actor();
-    Ok(Json(engine(&state)?.get(&who, &id).await?))
+    let pairs = query(&parts, &["state", "targets"])?;
+    let states: Option<Vec<&str>> = param(&pairs, "state").map(|s| s.split(',').filter(|s| !s.is_empty()).collect());
+    if let Some(bad) = states.iter().flatten().find(|s| !TARGET_STATES.contains(s)) {
+        return Err(Problem(Error::BadRequest(format!(
+            "state {bad:?}: one of {}",
+            TARGET_STATES.join(", ")
+        ))));
+    }
+    let with_targets = match param(&pairs, "targets") {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => return Err(Problem(Error::BadRequest(format!("targets {other:?}: true or false")))),
+    };
+    let mut view = engine(&state)?.get(&who, &id).await?;
+    if !with_targets {
+        view.targets.clear();
+    } else if let Some(states) = states {
+        view.targets.retain(|t| states.contains(&t.state.as_str()));
+    }
+    Ok(Json(view))
 }
 
 /// Cancel a job's targets that have not finished (push right in its images' namespaces).

@@ -71,5 +71,14 @@ def test_per_vim_concurrency_holds_over_replicas(tmp_path):
                 # No target was done twice: one create and one image per entry.
                 assert sum(1 for m, _ in mc.requests if m == "POST") == 4, mc.requests
                 assert sorted(i["name"] for i in mc.images.values()) == sorted(e["name"] for e in entries)
+                # The job's view: its counts always, its targets filtered by state or left out.
+                path = f"/api/v1/distributions/{j['id']}"
+                lean = api(srv, "GET", path, params={"targets": "false"}).json()
+                assert (lean["targets"], lean["counts"], lean["state"]) == ([], {"active": 4}, "active"), lean
+                assert len(api(srv, "GET", path, params={"state": "failed,active"}).json()["targets"]) == 4
+                assert api(srv, "GET", path, params={"state": "failed"}).json()["targets"] == []
+                for bad in ({"state": "done"}, {"targets": "maybe"}, {"page": "2"}):
+                    r = api(srv, "GET", path, params=bad)
+                    assert r.status_code == 400 and r.headers["Content-Type"] == "application/problem+json", r.text
     finally:
         mc.close()
