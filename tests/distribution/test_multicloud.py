@@ -60,7 +60,7 @@ def test_per_vim_concurrency_holds_over_replicas(tmp_path):
     try:
         with imserver.Server(env=env) as srv:
             other = srv.replica(env=env)
-            with other.start():
+            with other:
                 entries = [vm_image(srv, tmp_path, uid("conc-"), data=os.urandom(1 << 20))[0] for _ in range(4)]
                 v = register(srv, {"name": uid("mc-"), "type": "onap-multicloud", "url": mc.url,
                                    "cloud_owner": "CloudOwner", "region": "RegionOne", "tenant": "tenant-1",

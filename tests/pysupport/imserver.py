@@ -157,6 +157,9 @@ class Server:
         self.log_path = Path(data_dir) / "server.log"
 
     def start(self, timeout: float = 30.0) -> "Server":
+        if self.alive():
+            # A second start would orphan the first process (`with srv.start():` starts twice).
+            raise RuntimeError(f"server on {self.url} is already running")
         cmd = [binary(), "serve", "--listen", self.host, "--data-dir", self.data_dir, *self.extra, *self.args]
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         if not self._created:
