@@ -113,6 +113,13 @@ impl Hasher {
     }
 }
 
+/// The blob a download link names, as the link claims it (the upstream checks the claim).
+fn link_digest(token: &str) -> Result<Digest, Error> {
+    let denied = || Error::Denied("download link invalid or expired".into());
+    let grant = crate::core::distribution::DownloadSigner::peek(token).ok_or_else(denied)?;
+    Digest::parse(&grant.digest).map_err(|_| denied())
+}
+
 /// What the upstream said a request may read.
 struct Granted {
     size: u64,
@@ -182,13 +189,12 @@ impl Relay {
     }
 
     /// A download link (`/dl/<token>`): the upstream checks the token; the bytes come from here.
-    pub async fn download(&self, token: &str, range: Option<RangeRequest>) -> RelayResult<BlobBody> {
-        let grant = crate::core::distribution::DownloadSigner::peek(token)
-            .ok_or_else(|| Error::Denied("download link invalid or expired".into()))?;
-        let digest =
-            Digest::parse(&grant.digest).map_err(|_| Error::Denied("download link invalid or expired".into()))?;
-        self.serve(&format!("/dl/{token}"), &digest, &HeaderMap::new(), range)
-            .await
+    pub async fn download(&self, token: &str, range: Option<RangeRequest>) -> RelayResult<(Digest, BlobBody)> {
+        let digest = link_digest(token)?;
+        let body = self
+            .serve(&format!("/dl/{token}"), &digest, &HeaderMap::new(), range)
+            .await?;
+        Ok((digest, body))
     }
 
     /// A blob pull (`/v2/<name>/blobs/<digest>`), authorized by the upstream with the
@@ -210,10 +216,7 @@ impl Relay {
 
     /// The size of a download link's blob, as the upstream grants it (a `HEAD`: nothing fetched).
     pub async fn stat_download(&self, token: &str) -> RelayResult<(Digest, u64)> {
-        let grant = crate::core::distribution::DownloadSigner::peek(token)
-            .ok_or_else(|| Error::Denied("download link invalid or expired".into()))?;
-        let digest =
-            Digest::parse(&grant.digest).map_err(|_| Error::Denied("download link invalid or expired".into()))?;
+        let digest = link_digest(token)?;
         let g = self
             .authorize(&format!("/dl/{token}"), &digest, &HeaderMap::new())
             .await?;
